@@ -1,0 +1,28 @@
+"""policyopt: the policy-optimization family tree of reinforcement learning.
+
+    from policyopt import PPO
+    agent = PPO("CartPole-v1", seed=0)
+    agent.learn(100_000)
+    agent.save("ppo_cartpole.pt")
+    action = PPO.load("ppo_cartpole.pt").predict(obs)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* test envs)
+
+__version__ = "0.1.0"
+
+_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'policyopt' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

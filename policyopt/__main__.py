@@ -1,0 +1,5 @@
+import sys
+
+from policyopt.cli import main
+
+sys.exit(main())

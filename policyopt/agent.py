@@ -1,0 +1,253 @@
+"""``Agent``: what every deep algorithm shares with its users, none of the learning itself.
+
+An algorithm module (``policyopt/algos/<name>.py``) defines a ``Config`` dataclass, its pure
+loss functions, and a subclass of ``Agent`` that fills in four methods:
+
+- ``build()``: create networks (``self.nets``, an ``nn.ModuleDict``) and ``self.optimizers``.
+- ``act(obs, deterministic) -> (action, extras)``: actions for a batch of normalized
+  observations, with what the update will need later (``logp``, ``value``, ...).
+- ``update(data) -> dict[str, float]``: one learning step on a rollout or a replay batch;
+  the returned metrics are what gets logged.
+- optionally ``value(obs)`` (on-policy bootstrapping) and ``extra_state``/``load_extra_state``
+  for state that is not in a module or optimizer (e.g. an adaptive KL coefficient).
+
+This class supplies the rest: config resolution (defaults, presets, overrides, validation),
+environment spaces, seeding, ``learn``, ``predict``, ``evaluate``, ``save``/``load``.
+Algorithms never subclass each other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from policyopt import checkpoint
+from policyopt.config import ConfigError, build_config, preset, to_dict, to_json
+from policyopt.core.normalize import ObsNormalizer
+from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+
+
+def set_rng_state(np_rng: np.random.Generator, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+
+
+class Agent:
+    """Base of every deep RL algorithm; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    loop: ClassVar[str] = "on_policy"  # or "off_policy"; picks the training loop in loops.py
+    action_spaces: ClassVar[tuple[type, ...]] = (gym.spaces.Discrete, gym.spaces.Box)
+
+    nets: nn.ModuleDict
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def __init__(
+        self,
+        env: EnvLike = "CartPole-v1",
+        *,
+        config: Any = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        preset: bool = True,
+        **overrides: Any,
+    ):
+        env_id = env if isinstance(env, str) else None
+        if env_id is not None:
+            check_env_id(env_id)
+        tuned = self.preset_for(env_id) if preset else {}
+        self.suggested_steps: int | None = tuned.pop("total_steps", None)
+        if isinstance(config, self.Config):
+            config = to_dict(config)
+        cfg = build_config(self.Config, tuned, config, overrides)
+        self._setup(env, cfg, seed, device, env_spaces(env, flatten_obs=cfg.flatten_obs))
+
+    @classmethod
+    def preset_for(cls, env_id: str | None) -> dict[str, Any]:
+        return preset(cls.name, env_id) if env_id else {}
+
+    def _setup(self, env: EnvLike, config: Any, seed: int, device: str | torch.device, spaces: EnvSpaces) -> None:
+        action_space = spaces.action
+        if not isinstance(action_space, self.action_spaces):
+            allowed = " or ".join(s.__name__ for s in self.action_spaces)
+            raise EnvError(f"{self.name} needs a {allowed} action space; this env's is {action_space}")
+        self.env = env
+        self.env_id = env if isinstance(env, str) else None
+        self.config = config
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.spaces = spaces
+        self.obs_space: gym.spaces.Box = spaces.obs
+        self.action_space = action_space
+        self.obs_dim = int(np.prod(spaces.obs.shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        seed_everything(self.seed)
+        self.np_rng = np.random.default_rng(self.seed)
+        self.global_step = 0
+        self.num_updates = 0
+        self.schedule = (0, 0)  # (first, last) global step of the current learn() call
+        self.obs_normalizer = ObsNormalizer(spaces.obs.shape).to(self.device) if config.normalize_obs else None
+        self.optimizers = {}
+        self.build()
+        self.runner = None  # created by learn(); holds the envs and the training state
+
+    # --- what algorithms implement -------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def update(self, data: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def value(self, obs: Tensor) -> Tensor:
+        return torch.zeros(obs.shape[0], device=obs.device)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --- shared helpers for algorithms ---------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """Fraction of the current ``learn`` call done, for schedules (LR annealing)."""
+        first, last = self.schedule
+        return 0.0 if last <= first else min(1.0, (self.global_step - first) / (last - first))
+
+    def normalize(self, obs: Tensor, update: bool = False) -> Tensor:
+        if self.obs_normalizer is None:
+            return obs
+        if update:
+            self.obs_normalizer.update(obs)
+        return self.obs_normalizer(obs)
+
+    def to_env(self, action: Tensor) -> np.ndarray:
+        """Actions as the env takes them: integers, or floats clipped to the Box bounds."""
+        out = action.detach().cpu().numpy()
+        if self.discrete:
+            return out.astype(np.int64)
+        return np.clip(out, self.action_space.low, self.action_space.high).reshape(-1, *self.action_space.shape)
+
+    # --- user API -------------------------------------------------------------------------
+    def learn(
+        self,
+        total_steps: int | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        checkpoint_every: int | None = None,
+        callback: Any = None,
+    ) -> Agent:
+        """Train for ``total_steps`` more environment steps (the preset's budget if omitted)."""
+        from policyopt.loops import train
+
+        steps = total_steps if total_steps is not None else self.suggested_steps
+        if steps is None:
+            raise ConfigError("learn() needs total_steps (this env has no preset budget)")
+        if steps <= 0:
+            raise ConfigError(f"total_steps must be > 0, got {steps}")
+        self.schedule = (self.global_step, self.global_step + int(steps))
+        train(self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback)
+        return self
+
+    def _obs_tensor(self, obs: Any) -> Tensor:
+        arr = np.asarray(obs)
+        if self.spaces.discrete_obs:
+            arr = np.eye(self.obs_dim, dtype=np.float32)[arr.astype(np.int64)]
+        arr = arr.astype(np.float32).reshape(-1, self.obs_dim)
+        return self.normalize(torch.as_tensor(arr, device=self.device))
+
+    @torch.no_grad()
+    def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Action(s) for raw env observation(s): one observation in, one action out; a batch in, a batch out."""
+        single = np.shape(obs) == self.spaces.raw_obs_shape
+        action, _ = self.act(self._obs_tensor(obs), deterministic=deterministic)
+        out = self.to_env(action)
+        return out[0] if single else out
+
+    def evaluate(
+        self, episodes: int = 10, *, seed: int | None = None, deterministic: bool = True, video_dir: str | Path | None = None
+    ) -> list[float]:
+        """Undiscounted returns of ``episodes`` episodes on a fresh env (seeded ``seed + 10_000`` by default)."""
+        from policyopt.evaluation import evaluate_agent
+
+        return evaluate_agent(self, episodes, seed=seed, deterministic=deterministic, video_dir=video_dir)
+
+    def make_eval_env(self, render_mode: str | None = None) -> gym.Env:
+        return make_env(self.env, flatten_obs=self.config.flatten_obs, render_mode=render_mode)
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.name,
+            "env_id": self.env_id,
+            "config": to_json(self.config),
+            "spaces": json.dumps(self.spaces.to_dict()),
+            "seed": self.seed,
+            "nets": self.nets.state_dict(),
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "obs_normalizer": self.obs_normalizer.state_dict() if self.obs_normalizer is not None else None,
+            "counters": {"global_step": self.global_step, "num_updates": self.num_updates, "schedule": list(self.schedule)},
+            "rng": rng_state(self.np_rng),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, restore_rng: bool = True) -> None:
+        self.nets.load_state_dict(state["nets"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.load_state_dict(state["obs_normalizer"])
+        counters = state["counters"]
+        self.global_step = int(counters["global_step"])
+        self.num_updates = int(counters["num_updates"])
+        self.schedule = tuple(counters["schedule"])
+        if restore_rng:
+            set_rng_state(self.np_rng, state["rng"])
+        self.load_extra_state(state["extra"])
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, env: EnvLike | None = None, device: str | torch.device = "cpu") -> Agent:
+        if state.get("algo") != cls.name:
+            raise checkpoint.CheckpointError(f"checkpoint holds a {state.get('algo')!r} agent, not {cls.name!r}")
+        agent = cls.__new__(cls)
+        spaces = EnvSpaces.from_dict(json.loads(state["spaces"]))
+        config = build_config(cls.Config, json.loads(state["config"]))
+        agent.suggested_steps = None
+        agent._setup(env or state["env_id"], config, state["seed"], device, spaces)
+        agent.load_state_dict(state)
+        return agent
+
+    def save(self, path: str | Path) -> Path:
+        """Write the agent (networks, optimizers, normalizers, counters, config) to one file."""
+        path = Path(path)
+        checkpoint.save(path, {"agent": self.state_dict()})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, env: EnvLike | None = None, device: str | torch.device = "cpu") -> Agent:
+        """Rebuild a saved agent; ``env`` is needed only when it was not a registered id."""
+        payload = checkpoint.load(path, map_location=device)
+        return cls.from_state(payload["agent"], env=env, device=device)

@@ -1,0 +1,254 @@
+"""Proximal Policy Optimization.
+
+Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv:1707.06347, 2017).
+Each iteration collects ``num_steps x num_envs`` transitions with the current policy,
+estimates advantages with GAE, then runs ``update_epochs`` epochs of minibatch Adam steps on
+
+    loss = policy_loss - ent_coef * entropy + vf_coef * value_loss
+
+where ``policy_loss`` is one of the surrogate objectives compared in Table 1 of the paper,
+picked by ``objective``: ``clip`` (eq. 7), ``adaptive_kl`` and ``fixed_kl`` (eq. 8), or
+``none`` (the plain importance-weighted surrogate, eq. 6).
+
+The implementation details follow Huang et al., "The 37 Implementation Details of PPO"
+(ICLR blog track 2022); each one is a config flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from policyopt.agent import Agent
+from policyopt.config import EnvConfig
+from policyopt.core.buffers import RolloutBuffer, minibatch_indices
+from policyopt.core.diagnostics import explained_variance, importance_ess
+from policyopt.core.distributions import Distribution
+from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.returns import gae
+
+OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
+
+
+@dataclass
+class PPOConfig(EnvConfig):
+    num_envs: int = 8
+    num_steps: int = 256  # steps per env per rollout
+    learning_rate: float = 3e-4
+    anneal_lr: bool = False  # linear decay to 0 over the learn() call
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    batch_size: int = 64  # minibatch size (stable-baselines3's meaning)
+    update_epochs: int = 10
+    norm_adv: bool = True  # normalize advantages per minibatch
+    objective: str = field(default="clip", metadata={"choices": OBJECTIVES})
+    clip_coef: float = 0.2
+    anneal_clip: bool = False  # linear decay of clip_coef, as in the SB3 zoo's lin_0.2
+    clip_vloss: bool = False  # clip the value update around the old value, as in the PPO2 code
+    kl_coef: float = 1.0  # beta, initial value for adaptive_kl
+    kl_target: float = 0.01  # d_targ of adaptive_kl
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float | None = 0.5
+    target_kl: float | None = None  # stop the update once a minibatch's KL exceeds 1.5 * target_kl
+    adam_eps: float = 1e-5
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
+    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    shared_network: bool = False
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+    normalize_reward: bool = False  # divide rewards by the running std of the discounted return
+
+    def check(self) -> list[str]:
+        rollout = self.num_envs * self.num_steps
+        if self.batch_size > rollout:
+            return [f"batch_size ({self.batch_size}) must be <= num_envs * num_steps ({rollout})"]
+        return []
+
+
+def clipped_surrogate_loss(ratio: Tensor, adv: Tensor, clip_coef: float) -> Tensor:
+    """PPO paper, eq. 7, negated for minimization.
+
+        L^CLIP = E[ min(ratio * adv, clip(ratio, 1 - clip_coef, 1 + clip_coef) * adv) ]
+
+    ``ratio = pi(a|s) / pi_old(a|s)`` and ``adv`` are ``[B]``; returns a scalar.
+    """
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv
+    return -torch.min(unclipped, clipped).mean()
+
+
+def kl_penalty_loss(ratio: Tensor, adv: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
+    """PPO paper, eq. 8, negated:  L^KLPEN = E[ ratio * adv - kl_coef * KL[pi_old(.|s), pi(.|s)] ].
+
+    With ``kl_coef = 0`` this is the unclipped surrogate of eq. 6 (the "no clipping or
+    penalty" row of Table 1). ``ratio, adv, kl``: ``[B]``.
+    """
+    return -(ratio * adv).mean() + kl_coef * kl.mean()
+
+
+def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
+    """PPO paper, section 4: halve beta when d < d_targ / 1.5, double it when d > d_targ * 1.5."""
+    if kl < kl_target / 1.5:
+        return kl_coef / 2.0
+    if kl > kl_target * 1.5:
+        return kl_coef * 2.0
+    return kl_coef
+
+
+def value_loss(value: Tensor, v_target: Tensor, value_old: Tensor, clip_coef: float | None) -> Tensor:
+    """0.5 * (V(s) - v_target)^2; with ``clip_coef``, the pessimistic clipped form of the PPO2 code:
+
+        0.5 * max((V - v_target)^2, (value_old + clip(V - value_old, -clip_coef, clip_coef) - v_target)^2)
+    """
+    unclipped = (value - v_target).pow(2)
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped = value_old + (value - value_old).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.max(unclipped, (clipped - v_target).pow(2)).mean()
+
+
+class PPO(Agent):
+    """PPO for Discrete and Box action spaces (Gaussian or Beta policies)."""
+
+    name = "ppo"
+    Config = PPOConfig
+    loop = "on_policy"
+
+    def build(self) -> None:
+        cfg = self.config
+        self.policy = ActorCritic(
+            self.obs_dim,
+            self.action_space,
+            cfg.hidden_sizes,
+            cfg.activation,
+            cfg.policy,
+            cfg.shared_network,
+            cfg.log_std_init,
+            cfg.ortho_init,
+        ).to(self.device)
+        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.optimizers = {"policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)}
+        self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        dist, value = self.policy.dist_and_value(obs)
+        action = dist.mode() if deterministic else dist.sample()
+        return action, {"logp": dist.log_prob(action), "value": value}
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.policy.value(obs)
+
+    def extra_state(self) -> dict:
+        return {"kl_coef": self.kl_coef}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.kl_coef = float(state["kl_coef"])
+
+    def _schedule(self, rollout: int) -> tuple[float, float]:
+        """Learning rate and clip range for this update, annealed by progress at rollout start."""
+        cfg = self.config
+        first, last = self.schedule
+        done = max(0, self.global_step - rollout - first) / max(1, last - first)
+        frac = 1.0 - min(1.0, done)
+        lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
+        clip = cfg.clip_coef * (frac if cfg.anneal_clip else 1.0)
+        return lr, clip
+
+    def update(self, buf: RolloutBuffer) -> dict[str, float]:
+        cfg = self.config
+        adv, v_target = gae(
+            buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], cfg.gamma, cfg.gae_lambda
+        )
+        data = buf.flat("obs", "action", "logp", "value")
+        data["adv"], data["v_target"] = adv.reshape(-1), v_target.reshape(-1)
+        n = data["adv"].shape[0]
+        lr, clip = self._schedule(n)
+        optimizer = self.optimizers["policy"]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        uses_kl = cfg.objective in ("adaptive_kl", "fixed_kl")
+        old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()} if uses_kl else None
+        vclip = clip if cfg.clip_vloss else None
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+
+        sums = torch.zeros(4)  # policy loss, value loss, entropy, grad norm
+        steps = 0
+        epochs_run = 0
+        stop = False
+        for _ in range(cfg.update_epochs):
+            epochs_run += 1
+            for idx in minibatch_indices(n, cfg.batch_size, self.device):
+                obs, act = data["obs"][idx], data["action"][idx]
+                dist, value = self.policy.dist_and_value(obs)
+                log_ratio = dist.log_prob(act) - data["logp"][idx]
+                ratio = log_ratio.exp()
+                mb_adv = data["adv"][idx]
+                if cfg.norm_adv and len(idx) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                if cfg.objective == "clip":
+                    pg_loss = clipped_surrogate_loss(ratio, mb_adv, clip)
+                else:
+                    kl = dist_kl(self.policy, old_params, obs, dist) if uses_kl else torch.zeros_like(ratio)
+                    pg_loss = kl_penalty_loss(ratio, mb_adv, kl, self.kl_coef)
+                v_loss = value_loss(value, data["v_target"][idx], data["value"][idx], vclip)
+                entropy = dist.entropy().mean()
+                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+                optimizer.step()
+                sums += torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach(), grad_norm.detach()])
+                steps += 1
+                if cfg.target_kl is not None:
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1.0) - log_ratio).mean().item()
+                    if approx_kl > 1.5 * cfg.target_kl:  # SB3's early stop, per minibatch
+                        stop = True
+                        break
+            if stop:
+                break
+
+        means = (sums / steps).tolist()
+        metrics = {
+            "loss/policy": means[0],
+            "loss/value": means[1],
+            "loss/entropy": means[2],
+            "diag/grad_norm": means[3],
+            "diag/lr": lr,
+            "diag/clip_coef": clip,
+            "diag/epochs": epochs_run,
+            "diag/explained_var": explained_variance(data["value"], data["v_target"]),
+        }
+        metrics.update(self._ratio_diagnostics(data, clip, old_params))
+        if cfg.objective == "adaptive_kl":
+            self.kl_coef = adapt_kl_coef(self.kl_coef, metrics["diag/kl"], cfg.kl_target)
+        if uses_kl:
+            metrics["diag/kl_coef"] = self.kl_coef
+        return metrics
+
+    @torch.no_grad()
+    def _ratio_diagnostics(self, data: dict[str, Tensor], clip: float, old_params: dict | None) -> dict[str, float]:
+        """Statistics of pi / pi_old over the whole batch after the update."""
+        dist = self.policy.dist(data["obs"])
+        log_ratio = dist.log_prob(data["action"]) - data["logp"]
+        ratio = log_ratio.exp()
+        out = {
+            "diag/approx_kl": ((ratio - 1.0) - log_ratio).mean().item(),  # k3 estimator of KL[pi_old, pi]
+            "diag/clip_frac": ((ratio - 1.0).abs() > clip).float().mean().item(),
+            "diag/ess": importance_ess(ratio),
+            "diag/entropy": dist.entropy().mean().item(),
+        }
+        if old_params is not None:
+            out["diag/kl"] = dist_kl(self.policy, old_params, data["obs"], dist).mean().item()
+        return out
+
+
+def dist_kl(policy: ActorCritic, old_params: dict[str, Tensor], obs: Tensor, dist: Distribution) -> Tensor:
+    """Exact per-sample KL[pi_old(.|s), pi(.|s)], with pi_old given by the parameters before the update."""
+    with torch.no_grad():
+        old_dist = dist_under(policy, old_params, obs)
+    return old_dist.kl(dist)

@@ -1,0 +1,149 @@
+"""Preallocated storage for transitions.
+
+Both buffers keep ``terminated`` and ``truncated`` apart and store the real final
+observation of an episode, so targets can bootstrap through a time limit (see
+``core.returns``). Memory is allocated once, at the first write, and never grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class RolloutBuffer:
+    """Time-major ``[num_steps, num_envs, ...]`` storage for one on-policy rollout.
+
+    Fields are created on the first ``add`` from the shapes and dtypes given there, so any
+    algorithm can store its own extras (``logp``, ``value``, ...) next to the transition.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, device: torch.device | str = "cpu"):
+        self.num_steps = num_steps
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.data: dict[str, Tensor] = {}
+        self.step = 0
+
+    def add(self, **fields: Tensor) -> None:
+        if self.step >= self.num_steps:
+            raise RuntimeError("RolloutBuffer is full; call reset() before adding more")
+        for name, value in fields.items():
+            if name not in self.data:
+                self.data[name] = torch.zeros(
+                    (self.num_steps, *value.shape), dtype=value.dtype, device=self.device
+                )
+            self.data[name][self.step] = value
+        self.step += 1
+
+    def reset(self) -> None:
+        self.step = 0
+
+    @property
+    def full(self) -> bool:
+        return self.step == self.num_steps
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.data[name]
+
+    def __setitem__(self, name: str, value: Tensor) -> None:
+        self.data[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.data
+
+    def flat(self, *names: str) -> dict[str, Tensor]:
+        """The named fields with time and env dimensions merged: ``[T * N, ...]``."""
+        return {n: self.data[n].reshape(self.num_steps * self.num_envs, *self.data[n].shape[2:]) for n in names}
+
+
+def minibatch_indices(batch: int, minibatch_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """Shuffled index sets of size ``minibatch_size`` covering ``range(batch)`` once.
+
+    A trailing remainder smaller than ``minibatch_size`` is kept as its own minibatch.
+    """
+    perm = torch.randperm(batch, device=device)
+    for start in range(0, batch, minibatch_size):
+        yield perm[start : start + minibatch_size]
+
+
+class ReplayBuffer:
+    """Circular buffer of transitions ``(obs, action, reward, next_obs, terminated, truncated)``.
+
+    NumPy storage, preallocated at ``capacity`` on the first ``add``. ``next_obs`` is the
+    real next observation (the final one at an episode end), so a truncated transition keeps
+    its bootstrap target ``r + gamma * Q(next_obs, .)``; ``terminated`` alone zeroes it.
+    """
+
+    FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", seed: int | None = None):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device)
+        self.data: dict[str, np.ndarray] = {}
+        self.pos = 0
+        self.size = 0
+        self.rng = np.random.default_rng(seed)
+
+    def _allocate(self, sample: dict[str, np.ndarray]) -> None:
+        for name, value in sample.items():
+            value = np.asarray(value)
+            dtype = np.float32 if value.dtype == np.float64 else value.dtype
+            self.data[name] = np.zeros((self.capacity, *value.shape[1:]), dtype=dtype)
+
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        """Add a batch of ``B`` transitions (one per env); every array has leading dim ``B``."""
+        batch = dict(
+            obs=np.asarray(obs),
+            action=np.asarray(action),
+            reward=np.asarray(reward, dtype=np.float32),
+            next_obs=np.asarray(next_obs),
+            terminated=np.asarray(terminated, dtype=np.bool_),
+            truncated=np.asarray(truncated, dtype=np.bool_),
+        )
+        if not self.data:
+            self._allocate(batch)
+        n = batch["obs"].shape[0]
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for name, value in batch.items():
+            self.data[name][idx] = value
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = int(min(self.size + n, self.capacity))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.data.values())
+
+    def sample(self, batch_size: int) -> dict[str, Tensor]:
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty ReplayBuffer")
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        return {name: torch.as_tensor(arr[idx], device=self.device) for name, arr in self.data.items()}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: contents, cursor and sampling RNG."""
+        return {
+            "data": {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.data.items()},
+            "pos": self.pos,
+            "size": self.size,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data = {}
+        arrays = {k: v.numpy() for k, v in state["data"].items()}
+        if arrays:
+            self._allocate({k: v[:1] for k, v in arrays.items()})
+            for k, v in arrays.items():
+                self.data[k][: len(v)] = v
+        self.pos = int(state["pos"])
+        self.size = int(state["size"])
+        self.rng.bit_generator.state = state["rng"]

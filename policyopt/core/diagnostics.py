@@ -1,0 +1,25 @@
+"""Diagnostics logged under ``diag/``: how well the critic fits, how off-policy a batch is."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def explained_variance(pred: Tensor, target: Tensor) -> float:
+    """1 - Var[target - pred] / Var[target]: 1 is a perfect fit, 0 no better than a constant."""
+    var = target.var()
+    if var.item() == 0.0:
+        return float("nan")
+    return (1.0 - (target - pred).var() / var).item()
+
+
+@torch.no_grad()
+def importance_ess(ratio: Tensor) -> float:
+    """Normalized effective sample size of importance weights, (sum w)^2 / (n * sum w^2), in (0, 1].
+
+    1 when every ratio pi/pi_old is equal (on-policy data); near 1/n when one sample dominates.
+    Kong (1992); see Owen, "Monte Carlo theory, methods and examples", ch. 9.3.
+    """
+    return (ratio.sum().pow(2) / (ratio.numel() * ratio.pow(2).sum())).item()

@@ -1,0 +1,199 @@
+"""Action distributions: small, stateless, per-sample ``log_prob``/``entropy``.
+
+Each class is built from the network's output for a batch ``[B, ...]`` and exposes the
+subset of the ``torch.distributions`` API that the algorithms use: ``sample``, ``rsample``
+(where reparameterizable), ``log_prob(action) -> [B]``, ``entropy() -> [B]``, ``mode()``,
+and ``kl(other) -> [B]``. Log-probabilities of multi-dimensional actions are summed over the
+action dimensions, so every algorithm sees one number per sample.
+
+They are written out rather than wrapping ``torch.distributions`` because argument
+validation and the generic broadcasting machinery there cost more than the arithmetic for
+the small batches of RL; the tests check every formula against ``torch.distributions``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Categorical:
+    """pi(a|s) = softmax(logits)_a for Discrete action spaces. ``logits: [B, n]``."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+
+    @property
+    def probs(self) -> Tensor:
+        return self.logits.exp()
+
+    def sample(self) -> Tensor:
+        return torch.multinomial(self.probs, 1).squeeze(-1)
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        return self.logits.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> Tensor:
+        return -(self.probs * self.logits).sum(-1)
+
+    def mode(self) -> Tensor:
+        return self.logits.argmax(-1)
+
+    def kl(self, other: Categorical) -> Tensor:
+        """KL(self || other) = sum_a p(a) (log p(a) - log q(a))."""
+        return (self.probs * (self.logits - other.logits)).sum(-1)
+
+
+class DiagGaussian:
+    """pi(a|s) = N(a; mean, diag(std^2)). ``mean, log_std: [B, d]`` (log_std may broadcast)."""
+
+    def __init__(self, mean: Tensor, log_std: Tensor):
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+
+    @property
+    def std(self) -> Tensor:
+        return self.log_std.exp()
+
+    def rsample(self) -> Tensor:
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        z = (action - self.mean) / self.std
+        return (-0.5 * z.pow(2) - self.log_std - LOG_SQRT_2PI).sum(-1)
+
+    def entropy(self) -> Tensor:
+        return (self.log_std + 0.5 + LOG_SQRT_2PI).sum(-1)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self, other: DiagGaussian) -> Tensor:
+        """KL(p || q) = log(s_q/s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2, summed over d."""
+        var_ratio = (self.log_std - other.log_std).mul(2).exp()
+        mean_term = ((self.mean - other.mean) / other.std).pow(2)
+        return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
+
+
+class SquashedGaussian:
+    """a = loc + scale * tanh(u), u ~ N(mean, std^2): the SAC policy for bounded Box actions.
+
+    Haarnoja et al., "Soft Actor-Critic" (2018), appendix C, eq. 21 (change of variables):
+
+        log pi(a|s) = log N(u; mean, std) - sum_i log(scale_i * (1 - tanh(u_i)^2))
+
+    with the numerically stable identity ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``.
+    ``loc``/``scale`` map (-1, 1) to the action bounds ``[low, high]``.
+    """
+
+    def __init__(self, mean: Tensor, log_std: Tensor, loc: Tensor | float = 0.0, scale: Tensor | float = 1.0):
+        self.base = DiagGaussian(mean, log_std)
+        self.loc = loc
+        self.scale = scale
+
+    def _squash(self, u: Tensor) -> Tensor:
+        return self.loc + self.scale * torch.tanh(u)
+
+    def _log_abs_det_jacobian(self, u: Tensor) -> Tensor:
+        log_scale = torch.log(torch.as_tensor(self.scale, dtype=u.dtype, device=u.device))
+        return (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) + log_scale).sum(-1)
+
+    def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
+        """One reparameterized sample and its log-prob, computed from the pre-tanh value (exact)."""
+        u = self.base.rsample()
+        return self._squash(u), self.base.log_prob(u) - self._log_abs_det_jacobian(u)
+
+    def rsample(self) -> Tensor:
+        return self._squash(self.base.rsample())
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        """log pi(a|s) of a given action; inverts tanh with the input clamped inside (-1, 1)."""
+        y = ((action - self.loc) / self.scale).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+        u = torch.atanh(y)
+        return self.base.log_prob(u) - self._log_abs_det_jacobian(u)
+
+    def entropy(self) -> Tensor:
+        """Single-sample estimate -log pi(a|s): the squashed Gaussian has no closed form."""
+        return -self.rsample_with_log_prob()[1]
+
+    def mode(self) -> Tensor:
+        return self._squash(self.base.mean)
+
+
+class Beta:
+    """a = low + (high - low) * x, x ~ Beta(alpha, beta): a bounded policy without clipping bias.
+
+    Chou et al., "Improving Stochastic Policy Gradients in Continuous Control with Deep
+    Reinforcement Learning using the Beta Distribution" (ICML 2017).
+    ``alpha, beta: [B, d]``, both > 1 so the density is unimodal (see ``nets.BetaHead``).
+    """
+
+    EPS = 1e-6
+
+    def __init__(self, alpha: Tensor, beta: Tensor, low: Tensor | float = 0.0, high: Tensor | float = 1.0):
+        self.alpha = alpha
+        self.beta = beta
+        self.low = low
+        self.span = high - low
+
+    def _log_norm(self) -> Tensor:
+        return torch.lgamma(self.alpha) + torch.lgamma(self.beta) - torch.lgamma(self.alpha + self.beta)
+
+    def _log_span(self, like: Tensor) -> Tensor:
+        return torch.log(torch.as_tensor(self.span, dtype=like.dtype, device=like.device)).expand_as(like)
+
+    def rsample(self) -> Tensor:
+        ga = torch._standard_gamma(self.alpha)
+        gb = torch._standard_gamma(self.beta)
+        x = (ga / (ga + gb)).clamp(self.EPS, 1.0 - self.EPS)
+        return self.low + self.span * x
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        x = ((action - self.low) / self.span).clamp(self.EPS, 1.0 - self.EPS)
+        log_density = (self.alpha - 1.0) * torch.log(x) + (self.beta - 1.0) * torch.log1p(-x) - self._log_norm()
+        return (log_density - self._log_span(x)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        a, b = self.alpha, self.beta
+        total = a + b
+        ent = (
+            self._log_norm()
+            - (a - 1.0) * torch.digamma(a)
+            - (b - 1.0) * torch.digamma(b)
+            + (total - 2.0) * torch.digamma(total)
+        )
+        return (ent + self._log_span(a)).sum(-1)
+
+    def mode(self) -> Tensor:
+        return self.low + self.span * (self.alpha - 1.0) / (self.alpha + self.beta - 2.0)
+
+    def kl(self, other: Beta) -> Tensor:
+        a1, b1, a2, b2 = self.alpha, self.beta, other.alpha, other.beta
+        kl = (
+            other._log_norm()
+            - self._log_norm()
+            + (a1 - a2) * torch.digamma(a1)
+            + (b1 - b2) * torch.digamma(b1)
+            + (a2 - a1 + b2 - b1) * torch.digamma(a1 + b1)
+        )
+        return kl.sum(-1)
+
+
+Distribution = Categorical | DiagGaussian | SquashedGaussian | Beta

@@ -1,0 +1,212 @@
+"""Network builders: MLPs with orthogonal initialization and the policy heads.
+
+Orthogonal init with gain sqrt(2) on hidden layers, 0.01 on the policy output and 1 on the
+value output follows "The 37 Implementation Details of PPO" (Huang et al., ICLR blog 2022),
+detail 2, which traces it to the OpenAI baselines code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from policyopt.envs.vector import EnvError
+from policyopt.core.distributions import Beta, Categorical, DiagGaussian, Distribution, SquashedGaussian
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0, ortho: bool = True) -> nn.Linear:
+    if ortho:
+        nn.init.orthogonal_(layer.weight, gain)
+        nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(
+    in_dim: int,
+    hidden_sizes: Sequence[int],
+    out_dim: int | None = None,
+    activation: str = "tanh",
+    out_gain: float = 1.0,
+    ortho_init: bool = True,
+) -> nn.Sequential:
+    """in_dim -> hidden_sizes (each followed by ``activation``) -> out_dim (linear, if given)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    last = in_dim
+    for size in hidden_sizes:
+        layers += [layer_init(nn.Linear(last, size), ortho=ortho_init), ACTIVATIONS[activation]()]
+        last = size
+    if out_dim is not None:
+        layers.append(layer_init(nn.Linear(last, out_dim), gain=out_gain, ortho=ortho_init))
+    return nn.Sequential(*layers)
+
+
+def flat_dim(space: gym.Space) -> int:
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    raise TypeError(f"unsupported space {space}")
+
+
+def _bounds(space: gym.spaces.Box) -> tuple[Tensor, Tensor]:
+    low = torch.as_tensor(space.low, dtype=torch.float32).flatten()
+    high = torch.as_tensor(space.high, dtype=torch.float32).flatten()
+    return low, high
+
+
+class CategoricalHead(nn.Module):
+    def __init__(self, in_dim: int, n: int, ortho_init: bool = True):
+        super().__init__()
+        self.logits = layer_init(nn.Linear(in_dim, n), gain=0.01, ortho=ortho_init)
+
+    def forward(self, features: Tensor) -> Categorical:
+        return Categorical(self.logits(features))
+
+
+class GaussianHead(nn.Module):
+    """Mean from the network, state-independent learned log-std (as in TRPO/PPO for MuJoCo)."""
+
+    def __init__(self, in_dim: int, action_dim: int, log_std_init: float = 0.0, ortho_init: bool = True):
+        super().__init__()
+        self.mean = layer_init(nn.Linear(in_dim, action_dim), gain=0.01, ortho=ortho_init)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+
+    def forward(self, features: Tensor) -> DiagGaussian:
+        return DiagGaussian(self.mean(features), self.log_std)
+
+
+class BetaHead(nn.Module):
+    """alpha, beta = 1 + softplus(.) so both exceed 1 and the density is unimodal."""
+
+    def __init__(self, in_dim: int, space: gym.spaces.Box, ortho_init: bool = True):
+        super().__init__()
+        action_dim = flat_dim(space)
+        self.params = layer_init(nn.Linear(in_dim, 2 * action_dim), gain=0.01, ortho=ortho_init)
+        low, high = _bounds(space)
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+
+    def forward(self, features: Tensor) -> Beta:
+        alpha, beta = (1.0 + F.softplus(self.params(features))).chunk(2, dim=-1)
+        return Beta(alpha, beta, self.low, self.high)
+
+
+class SquashedGaussianHead(nn.Module):
+    """State-dependent mean and log-std, tanh-squashed into the action bounds (SAC)."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+    def __init__(self, in_dim: int, space: gym.spaces.Box):
+        super().__init__()
+        action_dim = flat_dim(space)
+        self.params = nn.Linear(in_dim, 2 * action_dim)
+        low, high = _bounds(space)
+        self.register_buffer("loc", (high + low) / 2.0)
+        self.register_buffer("scale", (high - low) / 2.0)
+
+    def forward(self, features: Tensor) -> SquashedGaussian:
+        mean, log_std = self.params(features).chunk(2, dim=-1)
+        # squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX], as in CleanRL's SAC
+        log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        return SquashedGaussian(mean, log_std, self.loc, self.scale)
+
+
+def policy_head(
+    in_dim: int, action_space: gym.Space, kind: str = "auto", log_std_init: float = 0.0, ortho_init: bool = True
+) -> nn.Module:
+    """The head that turns features into pi(.|s) for ``action_space``.
+
+    ``kind``: ``auto`` (Categorical for Discrete, Gaussian for Box), ``gaussian``, ``beta``,
+    ``squashed`` (tanh Gaussian).
+    """
+    if isinstance(action_space, gym.spaces.Discrete):
+        if kind not in ("auto", "categorical"):
+            raise EnvError(f"policy {kind!r} needs a Box action space, the env's is {action_space}")
+        return CategoricalHead(in_dim, int(action_space.n), ortho_init)
+    if not isinstance(action_space, gym.spaces.Box):
+        raise EnvError(f"unsupported action space {action_space}")
+    if kind in ("auto", "gaussian"):
+        return GaussianHead(in_dim, flat_dim(action_space), log_std_init, ortho_init)
+    if kind == "beta":
+        return BetaHead(in_dim, action_space, ortho_init)
+    if kind == "squashed":
+        return SquashedGaussianHead(in_dim, action_space)
+    raise ValueError(f"unknown policy kind {kind!r}; choose auto, gaussian, beta or squashed")
+
+
+class ActorCritic(nn.Module):
+    """pi(a|s) and V(s) from separate MLPs, or from one shared trunk when ``shared=True``.
+
+    ``dist(obs)`` returns the action distribution (no hidden state), ``value(obs)`` a ``[B]``
+    tensor, ``dist_and_value(obs)`` both from one pass over the trunk.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        policy: str = "auto",
+        shared: bool = False,
+        log_std_init: float = 0.0,
+        ortho_init: bool = True,
+        value_head: bool = True,
+    ):
+        super().__init__()
+        self.shared = shared
+        feat = hidden_sizes[-1] if hidden_sizes else obs_dim
+        self.actor_body = mlp(obs_dim, hidden_sizes, activation=activation, ortho_init=ortho_init)
+        self.actor_head = policy_head(feat, action_space, policy, log_std_init, ortho_init)
+        self.critic: nn.Module | None = None
+        if value_head:
+            if shared:
+                self.critic = layer_init(nn.Linear(feat, 1), gain=1.0, ortho=ortho_init)
+            else:
+                self.critic = mlp(obs_dim, hidden_sizes, 1, activation, out_gain=1.0, ortho_init=ortho_init)
+
+    def dist(self, obs: Tensor) -> Distribution:
+        return self.actor_head(self.actor_body(obs))
+
+    forward = dist
+
+    def value(self, obs: Tensor) -> Tensor:
+        if self.critic is None:
+            return torch.zeros(obs.shape[0], device=obs.device)
+        inp = self.actor_body(obs) if self.shared else obs
+        return self.critic(inp).squeeze(-1)
+
+    def dist_and_value(self, obs: Tensor) -> tuple[Distribution, Tensor]:
+        features = self.actor_body(obs)
+        dist = self.actor_head(features)
+        if self.critic is None:
+            return dist, torch.zeros(obs.shape[0], device=obs.device)
+        value = self.critic(features if self.shared else obs).squeeze(-1)
+        return dist, value
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return [*self.actor_body.parameters(), *self.actor_head.parameters()]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        if self.critic is None:
+            return []
+        return list(self.critic.parameters())
+
+
+def dist_under(policy: nn.Module, params: dict[str, Tensor], obs: Tensor) -> Distribution:
+    """pi(.|s) computed with ``params`` in place of the policy's own (e.g. pi_old for a KL).
+
+    ``policy.forward`` must return the distribution, as ``ActorCritic.forward`` does.
+    """
+    return functional_call(policy, params, (obs,))

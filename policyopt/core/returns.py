@@ -1,0 +1,143 @@
+"""Return and advantage estimators: pure functions on time-major ``[T, N]`` tensors.
+
+Conventions shared by every function here (T steps, N parallel envs):
+
+- ``rewards[t]`` is the reward of the transition ``s_t -> s_{t+1}``.
+- ``values[t] = V(s_t)``.
+- ``next_values[t] = V(s_{t+1})`` where ``s_{t+1}`` is the *real* next state, also at the
+  end of an episode (the environment's final observation, not the reset observation).
+- ``terminated[t]``: ``s_{t+1}`` is terminal; its value is zero, nothing is bootstrapped.
+- ``dones[t] = terminated[t] | truncated[t]``: the episode ended at ``t``; nothing flows back
+  across the boundary from ``t + 1`` to ``t``. On truncation (a time limit) the target still
+  bootstraps from ``next_values[t]``: this is the time-limit correction of
+  Pardo et al., "Time Limits in Reinforcement Learning" (ICML 2018).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def next_values_from(values: Tensor, last_value: Tensor, dones: Tensor, final_values: Tensor) -> Tensor:
+    """Build ``next_values[t] = V(s_{t+1})`` from the per-step values of a rollout.
+
+    Inside an episode ``V(s_{t+1}) = values[t + 1]``; after the last step it is ``last_value``;
+    where the episode ended at ``t`` it is ``final_values[t]``, the value of the real final
+    observation (only meaningful for truncation; terminated steps ignore it).
+
+    Shapes: values, dones, final_values ``[T, N]``; last_value ``[N]``.
+    """
+    shifted = torch.cat([values[1:], last_value.unsqueeze(0)], dim=0)
+    return torch.where(dones.bool(), final_values, shifted)
+
+
+def discounted_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, dones: Tensor, gamma: float) -> Tensor:
+    """Monte-Carlo (reward-to-go) returns with bootstrapping only where the data ends.
+
+    Sutton & Barto (2018), eq. 3.9:  G_t = r_t + gamma * G_{t+1}.
+    At an episode boundary G_{t+1} is replaced by ``(1 - terminated_t) * next_values_t``, so
+    a truncated episode and the unfinished tail of the rollout bootstrap from V, and a
+    terminated one does not. Pass ``next_values = 0`` for pure Monte-Carlo returns.
+
+    Shapes: every argument ``[T, N]``; returns ``[T, N]``.
+    """
+    not_terminated = 1.0 - terminated.float()
+    not_done = 1.0 - dones.float()
+    returns = torch.empty_like(rewards)
+    future = next_values[-1] * not_terminated[-1]
+    for t in reversed(range(rewards.shape[0])):
+        boundary = next_values[t] * not_terminated[t]
+        future = rewards[t] + gamma * (not_done[t] * future + (1.0 - not_done[t]) * boundary)
+        returns[t] = future
+    return returns
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    dones: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalized Advantage Estimation.
+
+    Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
+    Estimation" (ICLR 2016), eq. 16:
+
+        delta_t = r_t + gamma * (1 - terminated_t) * next_values_t - values_t
+        adv_t   = delta_t + gamma * gae_lambda * (1 - dones_t) * adv_{t+1}
+        v_target_t = adv_t + values_t            (the TD(lambda) return)
+
+    Shapes: every argument ``[T, N]``; returns ``(adv, v_target)``, each ``[T, N]``.
+    """
+    not_terminated = 1.0 - terminated.float()
+    not_done = 1.0 - dones.float()
+    deltas = rewards + gamma * not_terminated * next_values - values
+    decay = gamma * gae_lambda * not_done
+    adv = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay[t] * running
+        adv[t] = running
+    return adv, adv + values
+
+
+def nstep_returns(
+    rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, dones: Tensor, gamma: float
+) -> Tensor:
+    """n-step returns that run to the end of the rollout segment (A3C's "forward view").
+
+    Mnih et al., "Asynchronous Methods for Deep Reinforcement Learning" (ICML 2016), Alg. S3:
+    ``R_t = sum_{k=t}^{T-1} gamma^(k-t) r_k + gamma^(T-t) V(s_T)``, cut at episode ends.
+    Identical to GAE with ``gae_lambda = 1``; kept as its own name because A2C/A3C use it.
+    """
+    _, v_target = gae(rewards, values, next_values, terminated, dones, gamma, 1.0)
+    return v_target
+
+
+def vtrace(
+    log_rhos: Tensor,
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    dones: Tensor,
+    gamma: float,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """V-trace off-policy value targets and policy-gradient advantages.
+
+    Espeholt et al., "IMPALA" (ICML 2018), section 4.1, eq. 1 and 4:
+
+        rho_t   = min(rho_bar, pi(a_t|s_t) / mu(a_t|s_t))      (log_rhos = log pi - log mu)
+        c_t     = min(c_bar,   pi(a_t|s_t) / mu(a_t|s_t))
+        delta_t = rho_t * (r_t + gamma * (1 - terminated_t) * next_values_t - values_t)
+        vs_t - values_t = delta_t + gamma * c_t * (1 - dones_t) * (vs_{t+1} - values_{t+1})
+        pg_adv_t = rho_t * (r_t + gamma * (1 - terminated_t) * vs'_{t+1} - values_t)
+
+    where ``vs'_{t+1}`` is ``vs_{t+1}`` inside an episode and ``next_values_t`` at its boundary
+    (or at the end of the segment). With ``log_rhos = 0`` and ``rho_bar, c_bar >= 1`` the
+    targets ``vs`` equal the n-step returns (GAE with lambda = 1).
+
+    Shapes: every tensor argument ``[T, N]``; returns ``(vs, pg_adv)``, each ``[T, N]``.
+    """
+    rhos = torch.exp(log_rhos)
+    clipped_rhos = torch.clamp(rhos, max=rho_bar)
+    cs = torch.clamp(rhos, max=c_bar)
+    not_terminated = 1.0 - terminated.float()
+    not_done = 1.0 - dones.float()
+    deltas = clipped_rhos * (rewards + gamma * not_terminated * next_values - values)
+    decay = gamma * cs * not_done
+    vs_minus_v = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay[t] * running
+        vs_minus_v[t] = running
+    vs = vs_minus_v + values
+    vs_next = torch.where(dones.bool(), next_values, torch.cat([vs[1:], next_values[-1:]], dim=0))
+    pg_adv = clipped_rhos * (rewards + gamma * not_terminated * vs_next - values)
+    return vs, pg_adv

@@ -1,0 +1,284 @@
+"""Vectorized environments with same-step autoreset and the real final observation.
+
+``make_vec_env`` builds N copies of a Gymnasium env behind ``VecEnv``. Each ``step``
+returns ``Step(obs, reward, terminated, truncated, final_obs)``: where an episode ended,
+``obs`` already holds the first observation of the next episode and ``final_obs`` the last
+observation of the one that ended. Algorithms bootstrap a truncated episode from
+``final_obs`` (see ``core.returns``), never from the reset observation.
+
+Observations are float32 ``[N, obs_dim]``: Box observations are flattened, Discrete ones
+one-hot encoded, Dict/Tuple ones flattened only when asked (``flatten_obs=True``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+EnvLike = str | Callable[[], gym.Env]
+
+
+class EnvError(ValueError):
+    """A problem with the environment the user asked for (unknown id, unsupported spaces)."""
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ``EnvError`` with close matches when ``env_id`` is not registered."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise EnvError(f"unknown environment {env_id!r}{hint}")
+
+
+class FloatObservation(gym.ObservationWrapper):
+    """Box -> float32 flat vector; Discrete -> float32 one-hot vector."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        if isinstance(space, gym.spaces.Discrete):
+            self._encode: Callable[[Any], np.ndarray] = self._one_hot
+            self.n = int(space.n)
+            self.observation_space = gym.spaces.Box(0.0, 1.0, (self.n,), np.float32)
+        elif isinstance(space, gym.spaces.Box):
+            self._encode = self._flatten
+            low = np.asarray(space.low, dtype=np.float32).ravel()
+            high = np.asarray(space.high, dtype=np.float32).ravel()
+            self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+        else:
+            raise EnvError(
+                f"observation space {type(space).__name__} is not supported; "
+                "set flatten_obs=true to flatten Dict/Tuple observations"
+            )
+
+    def _one_hot(self, obs: Any) -> np.ndarray:
+        out = np.zeros(self.n, dtype=np.float32)
+        out[int(obs)] = 1.0
+        return out
+
+    @staticmethod
+    def _flatten(obs: Any) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32).ravel()
+
+    def observation(self, observation: Any) -> np.ndarray:
+        return self._encode(observation)
+
+
+_SNAPSHOT_TYPES = (bool, int, float, str, type(None), np.bool_, np.integer, np.floating)
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_dynamic(name: str, value: Any) -> bool:
+    if name in ("spec", "metadata", "render_mode") or isinstance(value, gym.Space):
+        return False
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "biuf"
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, _SNAPSHOT_TYPES) for v in value)
+    return isinstance(value, _SNAPSHOT_TYPES)
+
+
+class Snapshot(gym.Wrapper):
+    """Gives an env a ``snapshot`` property: its exact state, as tensors and Python values.
+
+    Resuming training bit-for-bit needs the environments where they were. The snapshot holds
+    the RNG of the env, the step counter of ``TimeLimit``, and the simulator state:
+    MuJoCo's full integration state, or, for pure-Python envs (classic control, toy text),
+    every numeric attribute of the unwrapped env. Box2D worlds cannot be captured; their
+    snapshot is ``None`` and a resumed run starts fresh episodes there.
+    """
+
+    @property
+    def snapshot(self) -> dict | None:
+        base = self.env.unwrapped
+        state: dict[str, Any] = {"wrappers": self._wrapper_state()}
+        state["rng"] = base.np_random.bit_generator.state if base._np_random is not None else None
+        if hasattr(base, "model") and hasattr(base, "data"):
+            import mujoco
+
+            kind = mujoco.mjtState.mjSTATE_INTEGRATION
+            sim = np.empty(mujoco.mj_stateSize(base.model, kind))
+            mujoco.mj_getState(base.model, base.data, sim, kind)
+            state["mujoco"] = torch.from_numpy(sim)
+        elif "world" in vars(base):
+            return None
+        state["attrs"] = {k: _encode_value(v) for k, v in vars(base).items() if _is_dynamic(k, v)}
+        return state
+
+    @snapshot.setter
+    def snapshot(self, state: dict | None) -> None:
+        if state is None:
+            return
+        base = self.env.unwrapped
+        self._set_wrapper_state(state["wrappers"])
+        if state["rng"] is not None:
+            base.np_random.bit_generator.state = state["rng"]
+        if "mujoco" in state:
+            import mujoco
+
+            mujoco.mj_setState(base.model, base.data, state["mujoco"].numpy(), mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(base.model, base.data)
+        for name, value in state["attrs"].items():
+            current = getattr(base, name, None)
+            if isinstance(value, torch.Tensor):
+                value = value.numpy().copy()
+                if isinstance(current, np.ndarray):
+                    value = value.astype(current.dtype)
+            setattr(base, name, value)
+
+    def _wrappers(self) -> list[gym.Env]:
+        chain, env = [], self.env
+        while isinstance(env, gym.Wrapper):
+            chain.append(env)
+            env = env.env
+        return chain
+
+    def _wrapper_state(self) -> list[dict]:
+        keys = ("_elapsed_steps", "_has_reset")
+        return [{k: getattr(w, k) for k in keys if hasattr(w, k)} for w in self._wrappers()]
+
+    def _set_wrapper_state(self, states: list[dict]) -> None:
+        for wrapper, values in zip(self._wrappers(), states, strict=True):
+            for k, v in values.items():
+                setattr(wrapper, k, v)
+
+
+def make_env(env: EnvLike, *, flatten_obs: bool = False, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+    """One env from an id or a factory, wrapped so observations are flat float32 vectors."""
+    if isinstance(env, str):
+        check_env_id(env)
+        if render_mode is not None:
+            kwargs["render_mode"] = render_mode
+        instance = gym.make(env, **kwargs)
+    else:
+        instance = env()
+    if flatten_obs and isinstance(instance.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        instance = gym.wrappers.FlattenObservation(instance)
+    return Snapshot(FloatObservation(instance))
+
+
+@dataclass(frozen=True)
+class EnvSpaces:
+    """What an agent needs to know of an env: the spaces it sees, and how raw observations look."""
+
+    obs: gym.spaces.Box  # flat float32, after FloatObservation
+    action: gym.Space
+    raw_obs_shape: tuple[int, ...]  # () for Discrete observations
+    discrete_obs: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obs": space_to_dict(self.obs),
+            "action": space_to_dict(self.action),
+            "raw_obs_shape": list(self.raw_obs_shape),
+            "discrete_obs": self.discrete_obs,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnvSpaces:
+        return cls(space_from_dict(data["obs"]), space_from_dict(data["action"]), tuple(data["raw_obs_shape"]), data["discrete_obs"])
+
+
+def space_to_dict(space: gym.Space) -> dict[str, Any]:
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(), "dtype": str(space.dtype)}
+    raise EnvError(f"unsupported space {space}")
+
+
+def space_from_dict(data: dict[str, Any]) -> gym.Space:
+    if data["type"] == "Discrete":
+        return gym.spaces.Discrete(data["n"])
+    dtype = np.dtype(data["dtype"])
+    return gym.spaces.Box(np.array(data["low"], dtype=dtype), np.array(data["high"], dtype=dtype), dtype=dtype)
+
+
+def env_spaces(env: EnvLike, *, flatten_obs: bool = False) -> EnvSpaces:
+    """The spaces of ``env`` as the agent sees them, read off a throwaway instance."""
+    probe = make_env(env, flatten_obs=flatten_obs)
+    try:
+        raw = probe.env.env.observation_space  # inside Snapshot(FloatObservation(.))
+        discrete = isinstance(raw, gym.spaces.Discrete)
+        return EnvSpaces(probe.observation_space, probe.action_space, () if discrete else tuple(raw.shape), discrete)
+    finally:
+        probe.close()
+
+
+@dataclass
+class Step:
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_obs: np.ndarray
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+
+class VecEnv:
+    """N envs stepped together (in this process, or in subprocesses with ``asynchronous``)."""
+
+    def __init__(
+        self,
+        env: EnvLike,
+        num_envs: int,
+        seed: int,
+        *,
+        asynchronous: bool = False,
+        flatten_obs: bool = False,
+        **kwargs: Any,
+    ):
+        def factory() -> gym.Env:
+            return make_env(env, flatten_obs=flatten_obs, **kwargs)
+
+        vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+        self.envs = vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
+        self.num_envs = num_envs
+        self.seed = seed
+        self.single_observation_space = self.envs.single_observation_space
+        self.single_action_space = self.envs.single_action_space
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
+        return obs
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, reward, terminated, truncated, info = self.envs.step(actions)
+        final_obs = obs
+        done = terminated | truncated
+        if done.any():
+            final_obs = obs.copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = info["final_obs"][i]
+        return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+
+    @property
+    def snapshot(self) -> list[dict | None]:
+        return list(self.envs.get_attr("snapshot"))
+
+    @snapshot.setter
+    def snapshot(self, states: list[dict | None]) -> None:
+        if len(states) != self.num_envs:
+            raise ValueError(f"snapshot holds {len(states)} envs, this VecEnv has {self.num_envs}")
+        self.envs.set_attr("snapshot", list(states))
+
+    def close(self) -> None:
+        self.envs.close()

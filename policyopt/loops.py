@@ -1,0 +1,417 @@
+"""Training loops: collect -> update -> log -> checkpoint.
+
+Two runners drive every deep algorithm:
+
+- ``OnPolicyRunner``: fill a ``RolloutBuffer`` of ``num_steps x num_envs`` transitions with
+  the current policy, compute ``next_value`` (bootstrapping truncated episodes from their
+  real final observation), and hand the buffer to ``agent.update``.
+- ``OffPolicyRunner``: step every env once per iteration into a ``ReplayBuffer`` (uniform
+  random actions before ``learning_starts``), then run ``gradient_steps`` updates on sampled
+  batches every ``train_frequency`` iterations.
+
+``train`` wraps either with the logger, the progress bar, periodic checkpoints, SIGINT/SIGTERM
+handling (a final checkpoint, then ``TrainingInterrupted``) and non-finite guards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import signal
+import threading
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from policyopt import checkpoint
+from policyopt.agent import set_rng_state
+from policyopt.config import to_dict
+from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
+from policyopt.core.normalize import RewardScaler
+from policyopt.core.returns import next_values_from
+from policyopt.envs.vector import Step, VecEnv
+from policyopt.logging import Logger, ProgressBar
+
+if TYPE_CHECKING:
+    from policyopt.agent import Agent
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced or received NaN/Inf; the message names the step and the quantity."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written before this was raised."""
+
+    def __init__(self, signum: int, path: Path | None):
+        self.signum = signum
+        self.path = path
+        where = f"; checkpoint saved to {path}" if path else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name}{where}")
+
+
+class EpisodeStats:
+    """Undiscounted return and length of the running episode of each env."""
+
+    def __init__(self, num_envs: int):
+        self.ret = np.zeros(num_envs, dtype=np.float64)
+        self.len = np.zeros(num_envs, dtype=np.int64)
+        self.finished_returns: list[float] = []
+        self.finished_lengths: list[int] = []
+
+    def record(self, reward: np.ndarray, done: np.ndarray) -> None:
+        self.ret += reward
+        self.len += 1
+        if done.any():
+            idx = np.flatnonzero(done)
+            self.finished_returns += self.ret[idx].tolist()
+            self.finished_lengths += self.len[idx].tolist()
+            self.ret[idx] = 0.0
+            self.len[idx] = 0
+
+    def pop(self) -> tuple[list[float], list[int]]:
+        out = (self.finished_returns, self.finished_lengths)
+        self.finished_returns, self.finished_lengths = [], []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ret": self.ret.tolist(), "len": self.len.tolist(), "finished": [self.finished_returns, self.finished_lengths]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ret = np.array(state["ret"], dtype=np.float64)
+        self.len = np.array(state["len"], dtype=np.int64)
+        self.finished_returns, self.finished_lengths = (list(x) for x in state["finished"])
+
+
+class Collector:
+    """Owns the vector env of a training run: the current observation and episode statistics."""
+
+    def __init__(self, agent: Agent):
+        cfg = agent.config
+        self.agent = agent
+        self.envs = VecEnv(agent.env, cfg.num_envs, agent.seed, asynchronous=cfg.async_envs, flatten_obs=cfg.flatten_obs)
+        self.raw_obs = self.envs.reset()
+        self.stats = EpisodeStats(cfg.num_envs)
+
+    def step(self, env_action: np.ndarray) -> Step:
+        step = self.envs.step(env_action)
+        if not (np.isfinite(step.obs).all() and np.isfinite(step.final_obs).all()):
+            raise NonFiniteError(f"non-finite observation from the env at step {self.agent.global_step}")
+        if not np.isfinite(step.reward).all():
+            raise NonFiniteError(f"non-finite reward from the env at step {self.agent.global_step}")
+        self.stats.record(step.reward, step.done)
+        self.raw_obs = step.obs
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"envs": self.envs.snapshot, "obs": torch.from_numpy(self.raw_obs.copy()), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state["stats"])
+        if any(s is None for s in state["envs"]):
+            warnings.warn(
+                "this env's state cannot be saved (e.g. Box2D); the resumed run starts fresh episodes, "
+                "so it continues from the checkpoint but not bit-for-bit",
+                stacklevel=2,
+            )
+            self.raw_obs = self.envs.reset(seed=self.agent.seed + self.agent.global_step)
+            self.stats = EpisodeStats(self.envs.num_envs)
+            return
+        self.envs.snapshot = state["envs"]
+        self.raw_obs = state["obs"].numpy().copy()
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _tensor(x: np.ndarray, device: torch.device) -> Tensor:
+    return torch.as_tensor(x, device=device)
+
+
+class OnPolicyRunner:
+    """Rollout of ``num_steps`` per env, then one ``agent.update(buffer)``."""
+
+    def __init__(self, agent: Agent):
+        cfg = agent.config
+        self.agent = agent
+        self.collector = Collector(agent)
+        self.buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, agent.device)
+        self.reward_scaler = (
+            RewardScaler(cfg.num_envs, cfg.gamma).to(agent.device) if getattr(cfg, "normalize_reward", False) else None
+        )
+        self.obs: Tensor | None = None  # normalized current observation, set by the first collect()
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        agent, buf, device = self.agent, self.buffer, self.agent.device
+        buf.reset()
+        if self.obs is None:  # first rollout: the reset observation enters the normalizer once
+            self.obs = agent.normalize(_tensor(self.collector.raw_obs, device), update=True)
+        obs = self.obs
+        for _ in range(buf.num_steps):
+            action, extras = agent.act(obs)
+            step = self.collector.step(agent.to_env(action))
+            reward = _tensor(step.reward, device)
+            done = _tensor(step.done, device)
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, done)
+            final_value = torch.zeros(len(step.reward), device=device)
+            if step.truncated.any():
+                idx = np.flatnonzero(step.truncated)
+                final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], device)))
+            next_obs = agent.normalize(_tensor(step.obs, device), update=True)
+            buf.add(
+                obs=obs, action=action, reward=reward, terminated=_tensor(step.terminated, device), done=done,
+                final_value=final_value, **extras,
+            )
+            obs = next_obs
+            agent.global_step += len(step.reward)
+        self.obs = obs
+        buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
+
+    def iterate(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.collect()
+        t1 = time.perf_counter()
+        metrics = dict(self.agent.update(self.buffer))
+        self.agent.num_updates += 1
+        metrics["time/rollout_s"] = t1 - t0
+        metrics["time/update_s"] = time.perf_counter() - t1
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        scaler = self.reward_scaler.state_dict() if self.reward_scaler is not None else None
+        return {"collector": self.collector.state_dict(), "reward_scaler": scaler}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.collector.load_state_dict(state["collector"])
+        if self.reward_scaler is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.obs = self.agent.normalize(_tensor(self.collector.raw_obs, self.agent.device))
+
+
+class MetricWindow:
+    """Sums of metrics over the updates since the last log line (kept in checkpoints)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] += float(v)
+            self.counts[k] += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = defaultdict(float, state["sums"])
+        self.counts = defaultdict(int, state["counts"])
+
+
+class OffPolicyRunner:
+    """One step of every env per iteration, into replay; updates on sampled batches."""
+
+    def __init__(self, agent: Agent):
+        cfg = agent.config
+        self.agent = agent
+        self.collector = Collector(agent)
+        self.replay = ReplayBuffer(cfg.buffer_size, agent.device, seed=agent.seed)
+        self.window = MetricWindow()
+        self.iteration = 0
+        self.log_every = max(1, getattr(cfg, "log_interval", 1000) // cfg.num_envs)
+        self.update_s = 0.0
+
+    def random_action(self) -> np.ndarray:
+        space, n, rng = self.agent.action_space, self.agent.config.num_envs, self.agent.np_rng
+        if self.agent.discrete:
+            return rng.integers(0, space.n, size=n)
+        return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(np.float32)
+
+    def iterate(self) -> dict[str, Any] | None:
+        agent, cfg = self.agent, self.agent.config
+        raw_obs = self.collector.raw_obs
+        obs = agent.normalize(_tensor(raw_obs, agent.device), update=True)
+        if agent.global_step < cfg.learning_starts:
+            env_action = self.random_action()
+        else:
+            with torch.no_grad():
+                action, _ = agent.act(obs)
+            env_action = agent.to_env(action)
+        step = self.collector.step(env_action)
+        self.replay.add(raw_obs, env_action, step.reward, step.final_obs, step.terminated, step.truncated)
+        agent.global_step += cfg.num_envs
+        self.iteration += 1
+        if agent.global_step >= cfg.learning_starts and self.iteration % cfg.train_frequency == 0:
+            t0 = time.perf_counter()
+            for _ in range(cfg.gradient_steps):
+                self.window.add(agent.update(self.replay.sample(cfg.batch_size)))
+                agent.num_updates += 1
+            self.update_s += time.perf_counter() - t0
+        if self.iteration % self.log_every:
+            return None
+        metrics = self.window.pop()
+        metrics["time/update_s"] = self.update_s
+        self.update_s = 0.0
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "collector": self.collector.state_dict(),
+            "replay": self.replay.state_dict(),
+            "window": self.window.state_dict(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.collector.load_state_dict(state["collector"])
+        self.replay.load_state_dict(state["replay"])
+        self.window.load_state_dict(state["window"])
+        self.iteration = int(state["iteration"])
+
+
+RUNNERS = {"on_policy": OnPolicyRunner, "off_policy": OffPolicyRunner}
+
+
+def make_runner(agent: Agent):
+    return RUNNERS[agent.loop](agent)
+
+
+def training_payload(agent: Agent) -> dict[str, Any]:
+    """Everything needed to resume: the agent and its runner (envs, buffers, statistics)."""
+    return {"agent": agent.state_dict(), "runner": agent.runner.state_dict()}
+
+
+def check_finite(metrics: dict[str, Any], step: int) -> None:
+    """Stop on a non-finite loss or gradient norm (other diagnostics may be NaN when undefined)."""
+    for key, value in metrics.items():
+        guarded = key.startswith("loss/") or key == "diag/grad_norm"
+        if guarded and not math.isfinite(float(value)):
+            raise NonFiniteError(f"non-finite {key} ({float(value)}) at step {step}; the last good checkpoint is kept")
+
+
+class _SignalCatcher:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between iterations."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalCatcher:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def write_run_info(agent: Agent, run_dir: Path) -> None:
+    info = {
+        "algo": agent.name,
+        "env_id": agent.env_id,
+        "seed": agent.seed,
+        "total_steps": agent.schedule[1],
+        "device": str(agent.device),
+        "config": to_dict(agent.config),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    (run_dir / "config.json").write_text(json.dumps(info, indent=2))
+
+
+def train(
+    agent: Agent,
+    *,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    checkpoint_every: int | None = None,
+    callback: Any = None,
+    logger: Logger | None = None,
+) -> None:
+    """Run ``agent`` until ``agent.global_step`` reaches the end of ``agent.schedule``."""
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if agent.runner is None:
+        agent.runner = make_runner(agent)
+    logger = logger or Logger(run_dir)
+    ckpts = checkpoint.CheckpointDir(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        write_run_info(agent, run_dir)
+    first, last = agent.schedule
+    if checkpoint_every is None:
+        checkpoint_every = max(1, (last - first) // 10)
+    next_ckpt = agent.global_step + checkpoint_every
+    bar = ProgressBar(last, start=agent.global_step, enabled=progress, description=f"{agent.name} {agent.env_id or ''}")
+    t_start, step_start = time.perf_counter(), agent.global_step
+    try:
+        with _SignalCatcher() as signals:
+            while agent.global_step < last:
+                if signals.signum is not None:
+                    path = ckpts.save(agent.global_step, training_payload(agent)) if ckpts else None
+                    raise TrainingInterrupted(signals.signum, path)
+                metrics = agent.runner.iterate()
+                if metrics is None:
+                    continue
+                check_finite(metrics, agent.global_step)
+                returns, lengths = agent.runner.collector.stats.pop()
+                if returns:
+                    metrics["rollout/ep_return"] = float(np.mean(returns))
+                    metrics["rollout/ep_length"] = float(np.mean(lengths))
+                    metrics["rollout/episodes"] = len(returns)
+                metrics["time/sps"] = (agent.global_step - step_start) / max(time.perf_counter() - t_start, 1e-9)
+                logger.log(agent.global_step, metrics)
+                bar.update(agent.global_step, returns)
+                if ckpts is not None and agent.global_step >= next_ckpt:
+                    ckpts.save(agent.global_step, training_payload(agent))
+                    next_ckpt = agent.global_step + checkpoint_every
+                if callback is not None and callback(agent, metrics) is False:
+                    break
+        if ckpts is not None:
+            ckpts.save(agent.global_step, training_payload(agent))
+            agent.save(run_dir / "model.pt")
+    finally:
+        bar.close()
+        logger.close()
+
+
+def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = True, device: str = "cpu", env: Any = None) -> Agent:
+    """Continue the run in ``run_dir`` from its newest checkpoint, exactly where it stopped.
+
+    ``total_steps`` extends (or shortens) the run's end; by default the original end is kept.
+    """
+    from policyopt.registry import get_algorithm
+
+    run_dir = Path(run_dir)
+    latest = checkpoint.CheckpointDir(run_dir).latest()
+    if latest is None:
+        raise checkpoint.CheckpointError(f"no checkpoint found in {run_dir / 'checkpoints'}")
+    payload = checkpoint.load(latest, map_location=device)
+    cls = get_algorithm(payload["agent"]["algo"])
+    agent = cls.from_state(payload["agent"], env=env, device=device)
+    agent.runner = make_runner(agent)
+    agent.runner.load_state_dict(payload["runner"])
+    set_rng_state(agent.np_rng, payload["agent"]["rng"])  # building the runner's envs must not shift the RNGs
+    if total_steps is not None:
+        agent.schedule = (agent.schedule[0], int(total_steps))
+    logger = Logger(run_dir)
+    logger.resume(agent.global_step)
+    train(agent, run_dir=run_dir, progress=progress, logger=logger)
+    return agent

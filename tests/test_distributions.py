@@ -1,0 +1,110 @@
+"""Distributions against torch.distributions, and the bounds of the bounded ones."""
+
+import math
+
+import pytest
+import torch
+import torch.distributions as D
+
+from policyopt.core.distributions import Beta, Categorical, DiagGaussian, SquashedGaussian
+
+torch.manual_seed(0)
+
+
+def test_categorical_matches_torch():
+    logits = torch.randn(64, 5)
+    ours, ref = Categorical(logits), D.Categorical(logits=logits)
+    a = ref.sample()
+    torch.testing.assert_close(ours.log_prob(a), ref.log_prob(a))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    other = torch.randn(64, 5)
+    torch.testing.assert_close(ours.kl(Categorical(other)), D.kl_divergence(ref, D.Categorical(logits=other)))
+    assert ours.sample().shape == (64,)
+
+
+def test_diag_gaussian_matches_torch():
+    mean, log_std = torch.randn(32, 3), torch.randn(32, 3) * 0.5
+    ours = DiagGaussian(mean, log_std)
+    ref = D.Independent(D.Normal(mean, log_std.exp()), 1)
+    a = ref.sample()
+    torch.testing.assert_close(ours.log_prob(a), ref.log_prob(a))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    mean2, log_std2 = torch.randn(32, 3), torch.randn(32, 3) * 0.5
+    ref2 = D.Independent(D.Normal(mean2, log_std2.exp()), 1)
+    torch.testing.assert_close(ours.kl(DiagGaussian(mean2, log_std2)), D.kl_divergence(ref, ref2))
+
+
+def test_diag_gaussian_broadcasts_state_independent_log_std():
+    ours = DiagGaussian(torch.zeros(4, 2), torch.tensor([0.0, 1.0]))
+    assert ours.log_prob(torch.zeros(4, 2)).shape == (4,)
+
+
+def test_squashed_gaussian_matches_transformed_distribution():
+    mean, log_std = torch.randn(16, 2), torch.randn(16, 2) * 0.3
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 1.0])
+    loc, scale = (high + low) / 2, (high - low) / 2
+    ours = SquashedGaussian(mean, log_std, loc, scale)
+    base = D.Normal(mean, log_std.exp())
+    ref = D.TransformedDistribution(base, [D.TanhTransform(cache_size=1), D.AffineTransform(loc, scale)])
+    a = ref.sample()
+    torch.testing.assert_close(ours.log_prob(a), ref.log_prob(a).sum(-1), rtol=1e-4, atol=1e-4)
+    sample, logp = ours.rsample_with_log_prob()
+    torch.testing.assert_close(logp, ref.log_prob(sample).sum(-1), rtol=1e-3, atol=1e-3)
+
+
+def test_squashed_gaussian_stays_in_bounds_with_finite_log_prob():
+    ours = SquashedGaussian(torch.full((1000, 1), 30.0), torch.zeros(1000, 1), torch.tensor([0.5]), torch.tensor([1.5]))
+    a, logp = ours.rsample_with_log_prob()
+    assert (a >= -1.0).all() and (a <= 2.0).all()
+    assert torch.isfinite(logp).all()
+    assert torch.isfinite(ours.log_prob(torch.full((1000, 1), 2.0))).all()  # exactly at the bound
+
+
+def test_squashed_gaussian_rsample_is_differentiable():
+    mean = torch.zeros(8, 2, requires_grad=True)
+    a, logp = SquashedGaussian(mean, torch.zeros(8, 2)).rsample_with_log_prob()
+    (a.sum() + logp.sum()).backward()
+    assert mean.grad is not None and torch.isfinite(mean.grad).all()
+
+
+def test_beta_matches_torch_on_scaled_support():
+    alpha, beta = 1 + torch.rand(32, 2) * 3, 1 + torch.rand(32, 2) * 3
+    low, high = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 0.5])
+    ours = Beta(alpha, beta, low, high)
+    ref = D.Beta(alpha, beta)
+    x = ref.sample()
+    a = low + (high - low) * x
+    log_jac = torch.log(high - low).sum()
+    torch.testing.assert_close(ours.log_prob(a), ref.log_prob(x).sum(-1) - log_jac, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.entropy(), ref.entropy().sum(-1) + log_jac, rtol=1e-4, atol=1e-4)
+    alpha2, beta2 = 1 + torch.rand(32, 2), 1 + torch.rand(32, 2)
+    kl_ref = D.kl_divergence(ref, D.Beta(alpha2, beta2)).sum(-1)
+    torch.testing.assert_close(ours.kl(Beta(alpha2, beta2, low, high)), kl_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_beta_samples_in_bounds_and_log_prob_finite_at_bounds():
+    ours = Beta(torch.full((5000, 1), 1.01), torch.full((5000, 1), 1.01), torch.tensor([-1.0]), torch.tensor([3.0]))
+    a = ours.sample()
+    assert (a > -1.0).all() and (a < 3.0).all()
+    edges = torch.tensor([[-1.0], [3.0]])
+    lp = Beta(torch.full((2, 1), 2.0), torch.full((2, 1), 2.0), torch.tensor([-1.0]), torch.tensor([3.0])).log_prob(edges)
+    assert torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "beta", "categorical"])
+def test_kl_with_itself_is_zero(dist):
+    if dist == "gaussian":
+        d = DiagGaussian(torch.randn(8, 2), torch.randn(8, 2))
+    elif dist == "beta":
+        d = Beta(1 + torch.rand(8, 2), 1 + torch.rand(8, 2))
+    else:
+        d = Categorical(torch.randn(8, 4))
+    torch.testing.assert_close(d.kl(d), torch.zeros(8), atol=1e-5, rtol=0)
+
+
+def test_categorical_sample_frequencies():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    d = Categorical(probs.log().expand(20000, 3))
+    freq = torch.bincount(d.sample(), minlength=3).float() / 20000
+    torch.testing.assert_close(freq, probs, atol=0.02, rtol=0)
+    assert math.isclose(d.mode()[0].item(), 1)
