@@ -9,8 +9,13 @@ from typing import Any
 from policyopt.config import ConfigError
 
 # name -> (module, class, one-line description)
+# The order is the order of `policyopt list`: tabular, on-policy, off-policy, distributed.
 ALGORITHMS: dict[str, tuple[str, str, str]] = {
+    # tabular
+    # on-policy
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
+    # off-policy
+    # distributed
 }
 
 
