@@ -1,0 +1,307 @@
+"""Side-by-side benchmark: policyopt against stable-baselines3 on the same configuration.
+
+    python benchmarks/compare.py --algo ppo --env CartPole-v1 --steps 100000 --seeds 0 1 2 --threshold 475
+
+Each (library, seed) trains in a fresh child process, one after the other, so timings and
+peak memory do not leak between runs. Both libraries get the same hyperparameters: the
+policyopt config (preset for the env + ``--set`` overrides) is translated to SB3 keywords.
+Every ``--eval-every`` steps the training clock stops and both policies are evaluated the
+same way (``--eval-episodes`` deterministic episodes on a fresh Gymnasium env, seeds
+10000 + i); "time to threshold" is the training time (evaluation excluded) at the first
+evaluation whose mean reaches ``--threshold``. The raw random-action throughput of each
+library's vector env is measured too: the ceiling for steps/s.
+
+Prints a markdown table and appends it, with the date, machine and command, to
+``benchmarks/results/<algo>_<env>.md`` when ``--save`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LIBS = ("policyopt", "sb3")
+
+
+def policyopt_agent(algo: str, env_id: str, overrides: dict, seed: int = 0) -> tuple[object, dict]:
+    """The policyopt agent (preset + overrides) and its resolved config as a dict."""
+    from policyopt.config import to_dict
+    from policyopt.registry import get_algorithm
+
+    agent = get_algorithm(algo)(env_id, seed=seed, config=overrides)
+    return agent, to_dict(agent.config)
+
+
+def linear(start: float):
+    return lambda progress_remaining: progress_remaining * start
+
+
+def sb3_model(algo: str, env_id: str, cfg: dict, seed: int):
+    import torch
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.env_util import make_vec_env
+
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.get("activation", "relu")]
+    if algo == "ppo":
+        env = make_vec_env(env_id, n_envs=cfg["num_envs"], seed=seed)
+        hidden = list(cfg["hidden_sizes"])
+        return PPO(
+            "MlpPolicy",
+            env,
+            n_steps=cfg["num_steps"],
+            batch_size=cfg["batch_size"],
+            n_epochs=cfg["update_epochs"],
+            gamma=cfg["gamma"],
+            gae_lambda=cfg["gae_lambda"],
+            learning_rate=linear(cfg["learning_rate"]) if cfg["anneal_lr"] else cfg["learning_rate"],
+            clip_range=linear(cfg["clip_coef"]) if cfg["anneal_clip"] else cfg["clip_coef"],
+            ent_coef=cfg["ent_coef"],
+            vf_coef=cfg["vf_coef"],
+            max_grad_norm=cfg["max_grad_norm"],
+            normalize_advantage=cfg["norm_adv"],
+            target_kl=cfg["target_kl"],
+            policy_kwargs=dict(
+                net_arch=dict(pi=hidden, vf=hidden),
+                activation_fn=activation,
+                ortho_init=cfg["ortho_init"],
+                log_std_init=cfg["log_std_init"],
+                optimizer_kwargs=dict(eps=cfg["adam_eps"]),
+            ),
+            seed=seed,
+            device="cpu",
+        )
+    if algo == "sac":
+        env = make_vec_env(env_id, n_envs=cfg["num_envs"], seed=seed)
+        return SAC(
+            "MlpPolicy",
+            env,
+            learning_rate=cfg["learning_rate"],
+            buffer_size=cfg["buffer_size"],
+            learning_starts=cfg["learning_starts"],
+            batch_size=cfg["batch_size"],
+            tau=cfg["tau"],
+            gamma=cfg["gamma"],
+            train_freq=cfg["train_frequency"],
+            gradient_steps=cfg["gradient_steps"],
+            ent_coef="auto",
+            policy_kwargs=dict(net_arch=list(cfg["hidden_sizes"]), activation_fn=activation),
+            seed=seed,
+            device="cpu",
+        )
+    raise SystemExit(f"no SB3 mapping for {algo}")
+
+
+def evaluate(predict, env_id: str, episodes: int) -> float:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=10_000 + i)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(predict(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+class Clock:
+    """Training time with evaluation pauses taken out, and the evaluation curve."""
+
+    def __init__(self, args):
+        self.args = args
+        self.next_eval = args.eval_every
+        self.eval_s = 0.0
+        self.t0 = time.perf_counter()
+        self.curve: list[tuple[int, float, float]] = []  # (steps, train seconds, mean return)
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.eval_s
+
+    def maybe_eval(self, steps: int, predict) -> None:
+        if steps < self.next_eval:
+            return
+        self.next_eval += self.args.eval_every
+        t = time.perf_counter()
+        train_s = self.train_seconds()
+        self.curve.append((steps, train_s, evaluate(predict, self.args.env, self.args.eval_episodes)))
+        self.eval_s += time.perf_counter() - t
+
+    def time_to(self, threshold: float) -> tuple[float | None, int | None]:
+        for steps, seconds, ret in self.curve:
+            if ret >= threshold:
+                return seconds, steps
+        return None, None
+
+
+def run_child(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    agent, cfg = policyopt_agent(args.algo, args.env, overrides, args.seed)
+    if args.lib == "policyopt":
+        clock = Clock(args)
+        agent.learn(args.steps, progress=False, callback=lambda a, m: clock.maybe_eval(a.global_step, a.predict))
+        train_s = clock.train_seconds()
+        final = evaluate(agent.predict, args.env, args.final_episodes)
+    else:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        model = sb3_model(args.algo, args.env, cfg, args.seed)
+
+        class Eval(BaseCallback):
+            def _on_step(self) -> bool:
+                clock.maybe_eval(self.num_timesteps, lambda o: model.predict(o, deterministic=True)[0])
+                return True
+
+        clock = Clock(args)
+        model.learn(args.steps, callback=Eval())
+        train_s = clock.train_seconds()
+        final = evaluate(lambda o: model.predict(o, deterministic=True)[0], args.env, args.final_episodes)
+    tt, ts = clock.time_to(args.threshold) if args.threshold is not None else (None, None)
+    return {
+        "lib": args.lib,
+        "seed": args.seed,
+        "sps": args.steps / train_s,
+        "train_s": train_s,
+        "time_to_threshold": tt,
+        "steps_to_threshold": ts,
+        "final_return": final,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "curve": clock.curve,
+    }
+
+
+def raw_env_sps(lib: str, env_id: str, num_envs: int, steps: int) -> float:
+    """Random-action steps/s of the vector env each library trains on."""
+    if lib == "policyopt":
+        from policyopt.envs import VecEnv
+
+        envs = VecEnv(env_id, num_envs, seed=0)
+        envs.reset()
+        space = envs.single_action_space
+        actions = [np.stack([space.sample() for _ in range(num_envs)]) for _ in range(64)]
+        t = time.perf_counter()
+        for i in range(steps // num_envs):
+            envs.step(actions[i % 64])
+    else:
+        from stable_baselines3.common.env_util import make_vec_env
+
+        envs = make_vec_env(env_id, n_envs=num_envs, seed=0)
+        envs.reset()
+        actions = [np.stack([envs.action_space.sample() for _ in range(num_envs)]) for _ in range(64)]
+        t = time.perf_counter()
+        for i in range(steps // num_envs):
+            envs.step(actions[i % 64])
+    return (steps // num_envs) * num_envs / (time.perf_counter() - t)
+
+
+def fmt(x, spec=".0f"):
+    return "-" if x is None else format(x, spec)
+
+
+def summarize(rows: list[dict], args, raw: dict) -> str:
+    lines = [
+        f"| library | steps/s (mean) | time to {args.threshold} (s, mean / per seed) | final return (mean / min) | peak RSS MB | raw env steps/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    by_lib = {lib: [r for r in rows if r["lib"] == lib] for lib in args.libs}
+    for lib, rs in by_lib.items():
+        sps = np.mean([r["sps"] for r in rs])
+        times = [r["time_to_threshold"] for r in rs]
+        reached = [t for t in times if t is not None]
+        mean_t = np.mean(reached) if len(reached) == len(times) else None
+        finals = [r["final_return"] for r in rs]
+        lines.append(
+            f"| {lib} | {sps:,.0f} | {fmt(mean_t, '.1f')} / {', '.join(fmt(t, '.1f') for t in times)} "
+            f"| {np.mean(finals):.1f} / {np.min(finals):.1f} | {max(r['peak_rss_mb'] for r in rs):.0f} | {raw.get(lib, 0):,.0f} |"
+        )
+    if set(by_lib) >= {"policyopt", "sb3"}:
+        ours, peer = by_lib["policyopt"], by_lib["sb3"]
+        ratio = np.mean([r["sps"] for r in ours]) / np.mean([r["sps"] for r in peer])
+        lines.append("")
+        lines.append(f"steps/s ratio policyopt / sb3: **{ratio:.2f}x**")
+        t_ours = [r["time_to_threshold"] for r in ours]
+        t_peer = [r["time_to_threshold"] for r in peer]
+        if None not in t_ours and None not in t_peer:
+            lines.append(f"time-to-threshold ratio policyopt / sb3: **{np.mean(t_ours) / np.mean(t_peer):.2f}** (lower is better)")
+        if "policyopt" in raw:
+            lines.append(f"policyopt training steps/s as a fraction of its raw env steps/s: {np.mean([r['sps'] for r in ours]) / raw['policyopt']:.0%}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algo", default="ppo")
+    p.add_argument("--env", default="CartPole-v1")
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--eval-every", type=int, default=5_000)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--final-episodes", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both libraries")
+    p.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="policyopt config override (mapped to SB3)")
+    p.add_argument("--raw-steps", type=int, default=50_000)
+    p.add_argument("--save", action="store_true", help="append the table to benchmarks/results/")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        print("RESULT " + json.dumps(run_child(args)), flush=True)
+        return
+
+    rows = []
+    for lib in args.libs:
+        for seed in args.seeds:
+            cmd = [sys.executable, __file__, "--child", "--lib", lib, "--seed", str(seed)] + [
+                a for a in sys.argv[1:] if a not in ("--save",)
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            result = next((line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")), None)
+            if result is None:
+                sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+                raise SystemExit(f"{lib} seed {seed} failed")
+            row = json.loads(result)
+            rows.append(row)
+            print(
+                f"{lib:10s} seed {seed}: {row['sps']:8,.0f} steps/s  train {row['train_s']:6.1f}s  "
+                f"to threshold {fmt(row['time_to_threshold'], '.1f')}s ({fmt(row['steps_to_threshold'], 'd')} steps)  "
+                f"final {row['final_return']:.1f}",
+                flush=True,
+            )
+    num_envs = policyopt_agent(args.algo, args.env, dict(kv.split("=", 1) for kv in args.set))[1]["num_envs"]
+    raw = {lib: raw_env_sps(lib, args.env, num_envs, args.raw_steps) for lib in args.libs}
+    table = summarize(rows, args, raw)
+    print()
+    print(table)
+    if args.save:
+        header = (
+            f"\n## {time.strftime('%Y-%m-%d')} — {platform.machine()}, {os.cpu_count()} cores, "
+            f"torch threads {args.threads}\n\n`python benchmarks/compare.py {' '.join(sys.argv[1:])}`\n\n"
+        )
+        out = Path(__file__).parent / "results" / f"{args.algo}_{args.env}.md"
+        out.parent.mkdir(exist_ok=True)
+        with out.open("a") as f:
+            f.write(header + table + "\n")
+        print(f"\nappended to {out}")
+
+
+if __name__ == "__main__":
+    main()
