@@ -74,21 +74,21 @@ def test_steps_match_gymnasium_on_the_same_states(env_id):
                 copy_state(batched, i, env)
         actions = random_actions(envs[0].action_space, NUM_ENVS, rng)
         step = batched.step(torch.as_tensor(actions))
-        got = {k: getattr(step, k).numpy() for k in ("obs", "reward", "terminated", "truncated", "final_obs")}
-        for i, env in enumerate(envs):
-            last_obs, reward, terminated, truncated, _ = env.step(actions[i])
-            np.testing.assert_allclose(got["final_obs"][i], last_obs, rtol=0, atol=OBS_ATOL)
-            assert got["reward"][i] == pytest.approx(reward, abs=REWARD_ATOL)
-            assert (got["terminated"][i], got["truncated"][i]) == (terminated, truncated)
-            if terminated or truncated:
-                ends["terminated"] += terminated
-                ends["truncated"] += truncated
-                assert batched.elapsed_steps[i] == 0
-                env.reset()  # the random streams differ: carry Gymnasium's new episode over
-                copy_state(batched, i, env)
-            else:
-                np.testing.assert_array_equal(got["obs"][i], got["final_obs"][i])
-                np.testing.assert_allclose(batched.state[i].numpy(), gym_state(env), rtol=0, atol=OBS_ATOL)
+        last_obs, reward, terminated, truncated, _ = zip(*(env.step(a) for env, a in zip(envs, actions, strict=True)))
+        np.testing.assert_allclose(step.final_obs.numpy(), np.stack(last_obs), rtol=0, atol=OBS_ATOL)
+        np.testing.assert_allclose(step.reward.numpy(), reward, rtol=0, atol=REWARD_ATOL)
+        np.testing.assert_array_equal(step.terminated.numpy(), terminated)
+        np.testing.assert_array_equal(step.truncated.numpy(), truncated)
+        ends["terminated"] += sum(terminated)
+        ends["truncated"] += sum(truncated)
+        running = ~step.done.numpy()
+        np.testing.assert_array_equal(step.obs.numpy()[running], step.final_obs.numpy()[running])
+        states = np.stack([gym_state(env) for env in envs])
+        np.testing.assert_allclose(batched.state.numpy()[running], states[running], rtol=0, atol=OBS_ATOL)
+        assert (batched.elapsed_steps.numpy()[~running] == 0).all()
+        for i in np.flatnonzero(~running):
+            envs[i].reset()  # the random streams differ: carry Gymnasium's new episode over
+            copy_state(batched, i, envs[i])
     assert ends["truncated"] > 0
     if env_id != "Pendulum-v1":  # the pendulum never terminates
         assert ends["terminated"] > 0
@@ -196,3 +196,29 @@ def test_wrap_matches_gymnasiums_loop():
     x = np.concatenate([np.linspace(-30.0, 30.0, 2001), [-np.pi, np.pi]])
     expected = [gym_wrap(v, -np.pi, np.pi) for v in x]
     np.testing.assert_allclose(wrap(torch.from_numpy(x), -np.pi, np.pi).numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("env_id", TORCH_ENV_IDS)
+def test_cuda_steps_match_cpu_without_host_syncs(env_id):
+    cpu = make_torch_vec_env(env_id, 256, seed=0)
+    cuda = make_torch_vec_env(env_id, 256, seed=0, device="cuda")
+    cpu.elapsed_steps.fill_(cpu.max_episode_steps - 20)
+    rng = np.random.default_rng(0)
+    actions = [torch.as_tensor(random_actions(cpu.single_action_space, 256, rng)) for _ in range(40)]
+    actions_on_gpu = [a.cuda() for a in actions]
+    for a, a_gpu in zip(actions, actions_on_gpu, strict=True):
+        cuda.state, cuda.elapsed_steps = cpu.state.cuda(), cpu.elapsed_steps.cuda()  # the generators differ
+        expected, step = cpu.step(a), cuda.step(a_gpu)
+        torch.testing.assert_close(step.final_obs.cpu(), expected.final_obs, rtol=0, atol=OBS_ATOL)
+        torch.testing.assert_close(step.reward.cpu(), expected.reward, rtol=0, atol=REWARD_ATOL)
+        assert torch.equal(step.terminated.cpu(), expected.terminated)
+        assert torch.equal(step.truncated.cpu(), expected.truncated)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for a_gpu in actions_on_gpu:
+            step = cuda.step(a_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step.obs.device.type == "cuda"

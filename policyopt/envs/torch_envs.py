@@ -61,7 +61,7 @@ class TorchVecEnv:
         self.single_observation_space, self.single_action_space = self.make_spaces()
         self.generator = torch.Generator(self.device)
         self._low = torch.tensor(self.reset_low, dtype=torch.float64, device=self.device)
-        self._high = torch.tensor(self.reset_high, dtype=torch.float64, device=self.device)
+        self._span = torch.tensor(self.reset_high, dtype=torch.float64, device=self.device) - self._low
         self.elapsed_steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.reset()
 
@@ -73,7 +73,7 @@ class TorchVecEnv:
     def initial_state(self) -> Tensor:
         """``[N, state_dim]`` float64 states drawn uniformly in ``[reset_low, reset_high]``."""
         u = torch.rand(self.num_envs, len(self.reset_low), dtype=torch.float64, device=self.device, generator=self.generator)
-        return self._low + (self._high - self._low) * u
+        return self._low + self._span * u
 
     def reset(self, seed: int | None = None) -> Tensor:
         """Reseed (with the constructor's seed by default), start new episodes everywhere."""
