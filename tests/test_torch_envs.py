@@ -116,6 +116,9 @@ def test_shapes_and_dtypes(env_id):
     assert step.obs.dtype == step.final_obs.dtype == step.reward.dtype == torch.float32
     assert step.reward.shape == step.terminated.shape == step.truncated.shape == (5,)
     assert step.terminated.dtype == step.truncated.dtype == torch.bool
+    twin = make_torch_vec_env(env_id, 5, seed=0)
+    twin.reset()
+    assert torch.equal(twin.step(actions).final_obs, step.final_obs)  # NumPy actions work too
 
 
 def test_same_step_autoreset_on_termination():

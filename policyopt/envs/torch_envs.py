@@ -137,8 +137,9 @@ X_THRESHOLD = 2.4
 
 def cartpole_step(state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Cart-pole balancing: Barto, Sutton & Anderson, "Neuronlike adaptive elements that can
-    solve difficult learning control problems" (IEEE SMC 1983), equations of the appendix,
-    with the constants and explicit Euler step of Gymnasium's CartPole-v1 (after Sutton's pole.c).
+    solve difficult learning control problems" (IEEE Trans. SMC 13(5), 1983), its equations of
+    motion without the friction terms, with the constants and explicit Euler step of
+    Gymnasium's CartPole-v1 (from Sutton's pole.c).
 
         force     = +force_mag if action == 1 else -force_mag
         temp      = (force + m_pole * l * theta_dot^2 * sin(theta)) / (m_cart + m_pole)
@@ -263,7 +264,8 @@ MAX_VEL_2 = 9 * math.pi
 def acrobot_derivatives(state: Tensor, torque: Tensor) -> Tensor:
     """Equations of motion of the acrobot, the book version: Sutton & Barto, "Reinforcement
     Learning: An Introduction" (1998), section 11.3, after Spong (1995); as Gymnasium's
-    ``AcrobotEnv._dsdt`` with ``book_or_nips = "book"``.
+    ``AcrobotEnv._dsdt`` with ``book_or_nips = "book"``. Sutton's "Generalization in
+    reinforcement learning" (NIPS 1996) lacks the ``m2 l1 lc2 dtheta1^2 sin(theta2)`` term.
 
         d1 = m1 lc1^2 + m2 (l1^2 + lc2^2 + 2 l1 lc2 cos(theta2)) + I1 + I2
         d2 = m2 (lc2^2 + l1 lc2 cos(theta2)) + I2
