@@ -222,14 +222,16 @@ def env_spaces(env: EnvLike, *, flatten_obs: bool = False) -> EnvSpaces:
 
 @dataclass
 class Step:
-    obs: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_obs: np.ndarray
+    """One step of N envs: NumPy arrays from ``VecEnv``, tensors on the env's device from ``TorchVecEnv``."""
+
+    obs: np.ndarray | torch.Tensor
+    reward: np.ndarray | torch.Tensor
+    terminated: np.ndarray | torch.Tensor
+    truncated: np.ndarray | torch.Tensor
+    final_obs: np.ndarray | torch.Tensor
 
     @property
-    def done(self) -> np.ndarray:
+    def done(self) -> np.ndarray | torch.Tensor:
         return self.terminated | self.truncated
 
 
