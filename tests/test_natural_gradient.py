@@ -82,3 +82,29 @@ def test_cli_train(algo, tmp_path):
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     for key in DIAGNOSTICS[algo]:
         assert key in header
+
+
+QUICK = {
+    "npg": dict(num_envs=8, num_steps=64, batch_size=128),
+    "trpo": dict(num_envs=8, num_steps=64, batch_size=128),
+    "acktr": dict(num_envs=8, num_steps=16, gamma=0.9),
+}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("policy", ["gaussian", "beta"])
+def test_learns_to_hit_the_target(algo, policy):
+    """Target: reward -||action - obs||^2, optimum 0; the initial (zero-mean) policy scores about -0.17."""
+    agent = ALGOS[algo]("policyopt/Target-v0", seed=0, preset=False, policy=policy, **QUICK[algo])
+    agent.learn(8_000, progress=False)
+    assert np.mean(agent.evaluate(50)) > -0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("env_id,threshold", [("CartPole-v1", 475.0), ("Pendulum-v1", -400.0)])
+def test_acceptance_within_the_preset_budget(algo, env_id, threshold, seed):
+    agent = ALGOS[algo](env_id, seed=seed)
+    agent.learn(progress=False)  # the preset's total_steps, the budget reported in the README
+    assert np.mean(agent.evaluate(20)) >= threshold

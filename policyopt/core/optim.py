@@ -226,8 +226,8 @@ class KFAC:
         Delta = (A (x) G + damping * I)^-1 grad   =   Q_G [(Q_G^T grad Q_A) / (l_G l_A^T + damping)] Q_A^T
 
     computed exactly from the eigendecompositions A = Q_A diag(l_A) Q_A^T, G = Q_G diag(l_G) Q_G^T
-    (Tikhonov damping of the Kronecker product, as in the OpenAI baselines ACKTR code, instead
-    of the factored damping of section 6.3, so the update is the exact solve of a damped system).
+    (Tikhonov damping of the whole Kronecker product, so the update is the exact solve of a
+    damped system, rather than the factored approximation of the damping in section 6.3).
 
     Trust region (ACKTR, section 3.2; Ba et al., "Distributed Second-order Optimization using
     Kronecker-Factored Approximations", ICLR 2017): the step size is
@@ -237,8 +237,8 @@ class KFAC:
     so the quadratic KL estimate 0.5 * eta^2 * Delta^T F Delta stays <= kl_clip. Here
     Delta^T F Delta is taken as Delta^T grad = Delta^T (F + damping I) Delta, which includes the
     damping and so errs on the small side. The step then goes through SGD with momentum
-    written as an exponential average (buf = momentum * buf + (1 - momentum) * eta * Delta), the
-    form of the baselines code.
+    written as an exponential average, buf = momentum * buf + (1 - momentum) * eta * Delta,
+    theta -= buf (as in the OpenAI baselines ACKTR code; ``momentum = 0`` takes eta * Delta).
 
     Parameters outside any ``nn.Linear`` (e.g. the state-independent log-std of a Gaussian
     policy) get an identity Fisher block: their step is plain SGD on the gradient, inside the
@@ -296,8 +296,8 @@ class KFAC:
         a = a.reshape(-1, layer.in_features)
         return torch.cat([a, torch.ones_like(a[:, :1])], dim=1) if layer.bias is not None else a
 
-    @torch.no_grad()
-    def _running_average(self, old: Tensor | None, new: Tensor, decay: float) -> Tensor:
+    @staticmethod
+    def _running_average(old: Tensor | None, new: Tensor, decay: float) -> Tensor:
         return new if old is None else decay * old + (1.0 - decay) * new
 
     def update_factors(self, fisher_loss: Tensor) -> None:
@@ -334,7 +334,7 @@ class KFAC:
     @torch.no_grad()
     def step(self) -> dict[str, float]:
         """Replace every ``.grad`` by its natural gradient, rescale into the trust region, step."""
-        quad = torch.zeros(())
+        quad = 0.0  # Delta^T grad over all parameters
         for i, layer in enumerate(self.layers):
             if layer.weight.grad is None:
                 continue
@@ -342,19 +342,19 @@ class KFAC:
             if layer.bias is not None:
                 grad = torch.cat([grad, layer.bias.grad.unsqueeze(1)], dim=1)
             natural = self.precondition(i, grad)
-            quad += (natural * grad).sum()
+            quad += (natural * grad).sum().item()
             layer.weight.grad.copy_(natural[:, : layer.in_features])
             if layer.bias is not None:
                 layer.bias.grad.copy_(natural[:, -1])
         for p in self.other_params:
             if p.grad is not None:
-                quad += p.grad.pow(2).sum()
-        eta = min(self.lr, math.sqrt(2.0 * self.kl_clip / max(quad.item(), 1e-20)))
+                quad += p.grad.pow(2).sum().item()
+        eta = min(self.lr, math.sqrt(2.0 * self.kl_clip / max(quad, 1e-20)))
         for p in self.sgd.param_groups[0]["params"]:
             if p.grad is not None:
                 p.grad.mul_(eta)
         self.sgd.step()  # lr 1: the momentum buffer averages the already scaled steps eta * Delta
-        return {"step_size": eta, "quad_kl": 0.5 * eta**2 * quad.item()}
+        return {"step_size": eta, "quad_kl": 0.5 * eta**2 * quad}
 
     def state_dict(self) -> dict[str, Any]:
         return {"A": list(self.A), "G": list(self.G), "updates": self.updates, "sgd": self.sgd.state_dict()}
