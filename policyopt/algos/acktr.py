@@ -36,9 +36,9 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
-from policyopt.core.nets import ACTIVATIONS, ActorCritic
+from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
 from policyopt.core.optim import KFAC
-from policyopt.core.returns import gae
+from policyopt.core.returns import rollout_gae
 
 
 @dataclass
@@ -144,13 +144,8 @@ class ACKTR(Agent):
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
-        adv, v_target = gae(
-            buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], cfg.gamma, cfg.gae_lambda
-        )
+        adv, v_target = rollout_gae(buf, cfg.gamma, cfg.gae_lambda, cfg.norm_adv)
         data = buf.flat("obs", "action", "value")
-        adv, v_target = adv.reshape(-1), v_target.reshape(-1)
-        if cfg.norm_adv:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
 
         kfacs = list(self.optimizers.values())
         with ExitStack() as stack:
@@ -165,6 +160,7 @@ class ACKTR(Agent):
         self.policy.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float("inf"))
+        old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
         lr = self._learning_rate(adv.shape[0])
         metrics = {
             "loss/policy": pg_loss.item(),
@@ -180,10 +176,6 @@ class ACKTR(Agent):
             prefix = "vf_" if key == "critic" else ""
             metrics[f"diag/{prefix}step_size"] = step["step_size"]
             metrics[f"diag/{prefix}quad_kl"] = step["quad_kl"]
-        metrics.update(self._kl_diagnostic(data["obs"], dist))
+        with torch.no_grad():  # exact mean KL[pi_old || pi] of the step just taken
+            metrics["diag/kl"] = dist_under(self.policy, old_params, data["obs"]).kl(self.policy.dist(data["obs"])).mean().item()
         return metrics
-
-    @torch.no_grad()
-    def _kl_diagnostic(self, obs: Tensor, old: Distribution) -> dict[str, float]:
-        """Exact mean KL[pi_old || pi] of the step just taken."""
-        return {"diag/kl": old.kl(self.policy.dist(obs)).mean().item()}

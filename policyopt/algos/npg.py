@@ -30,7 +30,7 @@ from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
 from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
-from policyopt.core.returns import gae
+from policyopt.core.returns import rollout_gae
 
 
 @dataclass
@@ -94,19 +94,16 @@ class NPG(Agent):
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
-        adv, v_target = gae(
-            buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], cfg.gamma, cfg.gae_lambda
-        )
+        adv, v_target = rollout_gae(buf, cfg.gamma, cfg.gae_lambda, cfg.norm_adv)
         data = buf.flat("obs", "action", "value")
-        obs, act, adv, v_target = data["obs"], data["action"], adv.reshape(-1), v_target.reshape(-1)
-        if cfg.norm_adv:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        obs, act = data["obs"], data["action"]
 
         params = self.policy.actor_parameters()
         old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
-        with torch.no_grad():
+        with torch.no_grad():  # pi_old from a copy: a Gaussian's log_std would otherwise alias the live parameter
             old_dist = dist_under(self.policy, old_params, obs)
         dist = self.policy.dist(obs)
+        entropy = dist.entropy().mean().item()  # read now: the step below changes a Gaussian's log_std in place
         objective = policy_gradient_objective(dist.log_prob(act), adv)
         step, grad, step_size = natural_gradient_step(
             objective, old_dist.kl(dist).mean(), params, cfg.target_kl, cfg.cg_max_steps, cfg.cg_damping
@@ -120,7 +117,7 @@ class NPG(Agent):
             "diag/step_size": step_size,
             "diag/grad_norm": grad.norm().item(),
             "diag/explained_var": explained_variance(data["value"], v_target),
-            "diag/entropy": dist.entropy().mean().item(),
+            "diag/entropy": entropy,
         }
         metrics.update(step_diagnostics(self.policy, old_dist, obs, act, adv))
         return metrics
