@@ -19,8 +19,8 @@ With ``shared_network`` (the paper's Atari setup) one K-FAC step with one trust 
 the joint Fisher of actor and critic. With separate networks (the default, as in the paper's
 MuJoCo setup and the baselines ``acktr_cont`` code) actor and critic take their own K-FAC
 steps with their own radii, ``kl_clip`` and ``vf_kl_clip``: in one joint region the critic's
-large early gradients would use up the radius and freeze the policy. Returns are GAE (``gae_lambda = 1`` gives the n-step returns of A2C; the paper uses
-GAE with lambda = 0.97 on MuJoCo).
+large early gradients would use up the radius and freeze the policy. Returns are GAE
+(``gae_lambda = 1`` gives the n-step returns of A2C; the paper uses lambda = 0.97 on MuJoCo).
 """
 
 from __future__ import annotations
