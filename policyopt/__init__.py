@@ -16,7 +16,12 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+_EXPORTS = {
+    "PPO": "policyopt.algos.ppo",
+    "NPG": "policyopt.algos.npg",
+    "TRPO": "policyopt.algos.trpo",
+    "ACKTR": "policyopt.algos.acktr",
+}
 
 
 def __getattr__(name: str) -> Any:

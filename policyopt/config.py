@@ -74,6 +74,17 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "target_network_frequency": (">= 1", lambda v: v >= 1),
     "train_frequency": (">= 1", lambda v: v >= 1),
     "gradient_steps": (">= 1", lambda v: v >= 1),
+    "cg_max_steps": (">= 1", lambda v: v >= 1),
+    "cg_damping": (">= 0", lambda v: v >= 0),
+    "line_search_shrinking_factor": ("in (0, 1)", _between(0, 1, True, True)),
+    "line_search_max_iter": (">= 1", lambda v: v >= 1),
+    "n_critic_updates": (">= 1", lambda v: v >= 1),
+    "kl_clip": ("> 0", lambda v: v > 0),
+    "vf_kl_clip": ("> 0", lambda v: v > 0),
+    "damping": (">= 0", lambda v: v >= 0),
+    "stats_decay": ("in [0, 1)", _between(0, 1, False, True)),
+    "momentum": ("in [0, 1)", _between(0, 1, False, True)),
+    "vf_fisher_coef": (">= 0", lambda v: v >= 0),
 }
 
 

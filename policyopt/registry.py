@@ -13,6 +13,9 @@ from policyopt.config import ConfigError
 ALGORITHMS: dict[str, tuple[str, str, str]] = {
     # tabular
     # on-policy
+    "npg": ("policyopt.algos.npg", "NPG", "Natural Policy Gradient (conjugate gradient, fixed KL step)"),
+    "trpo": ("policyopt.algos.trpo", "TRPO", "Trust Region Policy Optimization (natural gradient + KL line search)"),
+    "acktr": ("policyopt.algos.acktr", "ACKTR", "Actor-Critic with Kronecker-Factored Trust Region (K-FAC A2C)"),
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
     # off-policy
     # distributed

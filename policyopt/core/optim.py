@@ -5,10 +5,16 @@ search and K-FAC.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from policyopt.core.buffers import minibatch_indices
 
 
 @torch.no_grad()
@@ -46,3 +52,315 @@ def flat_grad(output: Tensor, params: list[Tensor], *, create_graph: bool = Fals
     """d output / d params as one flat vector (zeros for parameters the output does not touch)."""
     grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+# --- natural gradient: conjugate gradient, Fisher-vector products, line search -----------
+
+
+def conjugate_gradient(Avp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, residual_tol: float = 1e-10) -> Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given only ``v -> A v``.
+
+    Hestenes & Stiefel (1952); used by TRPO as in Schulman et al., "Trust Region Policy
+    Optimization" (ICML 2015), Appendix C, so that ``F^-1 g`` never needs ``F`` itself:
+
+        r_0 = p_0 = b, x_0 = 0
+        alpha_k = r_k^T r_k / p_k^T A p_k
+        x_{k+1} = x_k + alpha_k p_k,   r_{k+1} = r_k - alpha_k A p_k
+        p_{k+1} = r_{k+1} + (r_{k+1}^T r_{k+1} / r_k^T r_k) p_k
+
+    Stops after ``iters`` steps or once ``r^T r < residual_tol``. In exact arithmetic it
+    solves an n-dimensional system in n steps. ``b: [n]``; returns ``x: [n]``.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr < residual_tol:
+            break
+        Ap = Avp(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_next = r @ r
+        p = r + (rr_next / rr) * p
+        rr = rr_next
+    return x
+
+
+def fisher_vector_product(kl_grad: Tensor, params: list[Tensor], v: Tensor, damping: float = 0.0) -> Tensor:
+    """(F + damping * I) v, with F the Hessian of the mean KL, by double backpropagation.
+
+    Schulman et al. (TRPO, 2015), Appendix C.1: at theta = theta_old the Hessian of
+
+        mean_kl(theta) = mean_s KL[pi_old(.|s) || pi_theta(.|s)]
+
+    is the Fisher information matrix F = E_s E_a[grad log pi grad log pi^T] (Kakade 2002,
+    "A Natural Policy Gradient"), so F v = grad_theta (grad_theta mean_kl . v) costs two
+    backward passes and never forms F. ``kl_grad`` is ``flat_grad(mean_kl, params,
+    create_graph=True)`` with pi_old detached (computed once per update, reused for every v).
+    ``damping`` regularizes the CG solve (Appendix C: "we use 0.1 F^-1 ... damping").
+    ``v: [n]``; returns ``[n]``.
+    """
+    return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
+
+
+def natural_gradient_step(
+    objective: Tensor, mean_kl: Tensor, params: list[Tensor], max_kl: float, cg_iters: int, damping: float
+) -> tuple[Tensor, Tensor, float]:
+    """The largest step along the natural gradient whose quadratic KL estimate is ``max_kl``.
+
+    Kakade (2002) direction x = F^-1 g, solved by ``conjugate_gradient`` with damped
+    Fisher-vector products of ``mean_kl`` (KL[pi_old || pi] with pi_old detached), scaled as in
+    TRPO (Schulman et al. 2015, Appendix C) and NPG (Rajeswaran et al., "Towards Generalization
+    and Simplicity in Continuous Control", NeurIPS 2017, Algorithm 1):
+
+        g = grad objective,   x = (F + damping I)^-1 g
+        step = sqrt(2 * max_kl / (x^T F x)) * x          so that 0.5 * step^T F step = max_kl
+
+    ``objective`` is the scalar to *increase*. Returns ``(step, g, step_size)`` with ``step,
+    g: [n]`` and ``step_size = sqrt(2 * max_kl / x^T F x)``.
+    """
+    g = flat_grad(objective, params, retain_graph=True)
+    kl_grad = flat_grad(mean_kl, params, create_graph=True)
+
+    def Avp(v: Tensor) -> Tensor:
+        return fisher_vector_product(kl_grad, params, v, damping)
+
+    x = conjugate_gradient(Avp, g, cg_iters)
+    step_size = torch.sqrt(2.0 * max_kl / (x @ Avp(x)).clamp_min(1e-12))
+    return (step_size * x).detach(), g.detach(), step_size.item()
+
+
+@dataclass
+class LineSearchResult:
+    """What ``backtracking_line_search`` did: ``accepted`` is False when it restored theta_old."""
+
+    accepted: bool
+    backtracks: int  # step shrinks tried before acceptance (max_iter when none was accepted)
+    step_fraction: float  # fraction of the full step taken (0 when none was accepted)
+    kl: float  # mean KL of the accepted step (0 when none was accepted)
+    improvement: float  # surrogate gain of the accepted step (0 when none was accepted)
+
+
+@torch.no_grad()
+def backtracking_line_search(
+    params: list[Tensor],
+    full_step: Tensor,
+    evaluate: Callable[[], tuple[float, float]],
+    surrogate_old: float,
+    max_kl: float,
+    shrink: float = 0.8,
+    max_iter: int = 10,
+) -> LineSearchResult:
+    """Shrink ``full_step`` until the new policy both keeps mean KL <= ``max_kl`` and improves.
+
+    Schulman et al. (TRPO, 2015), Appendix C: try theta = theta_old + shrink^k * full_step for
+    k = 0, 1, ..., max_iter - 1 and accept the first one with
+
+        mean_kl(theta) <= max_kl   and   surrogate(theta) - surrogate_old > 0
+
+    which enforces the trust-region constraint exactly rather than by its quadratic model.
+    When no step is accepted the parameters are restored to theta_old bit for bit.
+
+    ``evaluate()`` returns ``(surrogate, mean_kl)`` at the parameters currently set.
+    """
+    old = flat_params(params)
+    fraction = 1.0
+    for k in range(max_iter):
+        set_flat_params(params, old + fraction * full_step)
+        surrogate, kl = evaluate()
+        improvement = surrogate - surrogate_old
+        if kl <= max_kl and improvement > 0:
+            return LineSearchResult(True, k, fraction, kl, improvement)
+        fraction *= shrink
+    set_flat_params(params, old)
+    return LineSearchResult(False, max_iter, 0.0, 0.0, 0.0)
+
+
+def fit_regression(
+    predict: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    epochs: int,
+    batch_size: int,
+) -> float:
+    """Minimize 0.5 * mean((predict(inputs) - targets)^2) by ``epochs`` passes of shuffled minibatches.
+
+    The value-function fit of TRPO/NPG (Schulman et al. 2015, section 8; GAE paper section 5
+    fits V by regression onto the lambda-returns between policy steps).
+    ``inputs: [B, ...]``, ``targets: [B]``; returns the mean loss over the last epoch.
+    """
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for idx in minibatch_indices(targets.shape[0], batch_size, targets.device):
+            loss = 0.5 * (predict(inputs[idx]) - targets[idx]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / count
+
+
+# --- K-FAC ----------------------------------------------------------------------------------
+
+
+class KFAC:
+    """Kronecker-factored natural-gradient steps for every ``nn.Linear`` of a model, with a trust region.
+
+    Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+    Curvature" (ICML 2015), section 3: for a linear layer s = W_aug a_aug (a_aug = [a, 1], the
+    bias folded into W_aug = [W | b]) the Fisher block is approximated by
+
+        F_layer ~= A (x) G,    A = E[a_aug a_aug^T],    G = E[g g^T],   g = d(-log p(y|x)) / ds
+
+    with y sampled from the model's own predictive distribution (the true Fisher, section 5;
+    Wu et al., "Scalable trust-region method for deep reinforcement learning using
+    Kronecker-factored approximation" (ACKTR, NeurIPS 2017), section 3.1). A and G are running
+    averages with decay min(1 - 1/k, stats_decay) at update k (section 5). The preconditioned
+    gradient of a layer is
+
+        Delta = (A (x) G + damping * I)^-1 grad   =   Q_G [(Q_G^T grad Q_A) / (l_G l_A^T + damping)] Q_A^T
+
+    computed exactly from the eigendecompositions A = Q_A diag(l_A) Q_A^T, G = Q_G diag(l_G) Q_G^T
+    (Tikhonov damping of the whole Kronecker product, so the update is the exact solve of a
+    damped system, rather than the factored approximation of the damping in section 6.3).
+
+    Trust region (ACKTR, section 3.2; Ba et al., "Distributed Second-order Optimization using
+    Kronecker-Factored Approximations", ICLR 2017): the step size is
+
+        eta = min(lr, sqrt(2 * kl_clip / (Delta^T F Delta)))
+
+    so the quadratic KL estimate 0.5 * eta^2 * Delta^T F Delta stays <= kl_clip. Here
+    Delta^T F Delta is taken as Delta^T grad = Delta^T (F + damping I) Delta, which includes the
+    damping and so errs on the small side. The step then goes through SGD with momentum
+    written as an exponential average, buf = momentum * buf + (1 - momentum) * eta * Delta,
+    theta -= buf (as in the OpenAI baselines ACKTR code; ``momentum = 0`` takes eta * Delta).
+
+    Parameters outside any ``nn.Linear`` (e.g. the state-independent log-std of a Gaussian
+    policy) get an identity Fisher block: their step is plain SGD on the gradient, inside the
+    same trust-region rescaling (their ``Delta^T grad`` term is ``|grad|^2``).
+
+    Use: run the forward pass inside ``with kfac.track():``, call ``update_factors(fisher_loss)``
+    with the batch mean of per-sample negative log-likelihoods of model-sampled targets, then
+    ``loss.backward()`` and ``step()``. Each tracked layer must be applied once per forward.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.25,
+        momentum: float = 0.9,
+        damping: float = 0.01,
+        kl_clip: float = 0.001,
+        stats_decay: float = 0.95,
+    ):
+        self.lr = lr
+        self.damping = damping
+        self.kl_clip = kl_clip
+        self.stats_decay = stats_decay
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        in_layers = {id(p) for layer in self.layers for p in layer.parameters()}
+        self.other_params = [p for p in model.parameters() if id(p) not in in_layers]
+        self.A: list[Tensor | None] = [None] * len(self.layers)
+        self.G: list[Tensor | None] = [None] * len(self.layers)
+        self.updates = 0
+        self.sgd = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, dampening=momentum)
+        self._tracking = False
+        self._captured: dict[int, tuple[Tensor, Tensor]] = {}
+        for i, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._capture_hook(i))
+
+    def _capture_hook(self, index: int) -> Callable[..., None]:
+        def hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if self._tracking:
+                self._captured[index] = (inputs[0].detach(), output)
+
+        return hook
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Record the input and pre-activation output of every linear layer in this forward pass."""
+        self._captured = {}
+        self._tracking = True
+        try:
+            yield
+        finally:
+            self._tracking = False
+
+    @staticmethod
+    def _augmented(layer: nn.Linear, a: Tensor) -> Tensor:
+        a = a.reshape(-1, layer.in_features)
+        return torch.cat([a, torch.ones_like(a[:, :1])], dim=1) if layer.bias is not None else a
+
+    @staticmethod
+    def _running_average(old: Tensor | None, new: Tensor, decay: float) -> Tensor:
+        return new if old is None else decay * old + (1.0 - decay) * new
+
+    def update_factors(self, fisher_loss: Tensor) -> None:
+        """Update A and G from the tracked forward pass and ``fisher_loss = mean_i -log p(y_i|x_i)``.
+
+        The per-sample pre-activation gradient g_i is B times the gradient of the batch mean.
+        """
+        indices = sorted(self._captured)
+        outputs = [self._captured[i][1] for i in indices]
+        grads = torch.autograd.grad(fisher_loss, outputs, retain_graph=True, allow_unused=True)
+        self.updates += 1
+        decay = min(1.0 - 1.0 / self.updates, self.stats_decay)
+        for i, grad in zip(indices, grads):
+            if grad is None:
+                continue
+            layer = self.layers[i]
+            a = self._augmented(layer, self._captured[i][0])
+            batch = a.shape[0]
+            g = grad.detach().reshape(-1, layer.out_features) * batch
+            self.A[i] = self._running_average(self.A[i], a.T @ a / batch, decay)
+            self.G[i] = self._running_average(self.G[i], g.T @ g / batch, decay)
+        self._captured = {}
+
+    def precondition(self, index: int, grad: Tensor) -> Tensor:
+        """(A (x) G + damping I)^-1 applied to a layer's ``[out, in (+1)]`` gradient."""
+        A, G = self.A[index], self.G[index]
+        if A is None or G is None:
+            return grad
+        eig_a, Q_a = torch.linalg.eigh(A)
+        eig_g, Q_g = torch.linalg.eigh(G)
+        rotated = Q_g.T @ grad @ Q_a
+        return Q_g @ (rotated / (eig_g.clamp_min(0).unsqueeze(1) * eig_a.clamp_min(0).unsqueeze(0) + self.damping)) @ Q_a.T
+
+    @torch.no_grad()
+    def step(self) -> dict[str, float]:
+        """Replace every ``.grad`` by its natural gradient, rescale into the trust region, step."""
+        quad = 0.0  # Delta^T grad over all parameters
+        for i, layer in enumerate(self.layers):
+            if layer.weight.grad is None:
+                continue
+            grad = layer.weight.grad
+            if layer.bias is not None:
+                grad = torch.cat([grad, layer.bias.grad.unsqueeze(1)], dim=1)
+            natural = self.precondition(i, grad)
+            quad += (natural * grad).sum().item()
+            layer.weight.grad.copy_(natural[:, : layer.in_features])
+            if layer.bias is not None:
+                layer.bias.grad.copy_(natural[:, -1])
+        for p in self.other_params:
+            if p.grad is not None:
+                quad += p.grad.pow(2).sum().item()
+        eta = min(self.lr, math.sqrt(2.0 * self.kl_clip / max(quad, 1e-20)))
+        for p in self.sgd.param_groups[0]["params"]:
+            if p.grad is not None:
+                p.grad.mul_(eta)
+        self.sgd.step()  # lr 1: the momentum buffer averages the already scaled steps eta * Delta
+        return {"step_size": eta, "quad_kl": 0.5 * eta**2 * quad}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"A": list(self.A), "G": list(self.G), "updates": self.updates, "sgd": self.sgd.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.A = list(state["A"])
+        self.G = list(state["G"])
+        self.updates = int(state["updates"])
+        self.sgd.load_state_dict(state["sgd"])

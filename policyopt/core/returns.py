@@ -15,6 +15,8 @@ Conventions shared by every function here (T steps, N parallel envs):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -83,6 +85,19 @@ def gae(
         running = deltas[t] + decay[t] * running
         adv[t] = running
     return adv, adv + values
+
+
+def rollout_gae(buf: Any, gamma: float, gae_lambda: float, normalize: bool = False) -> tuple[Tensor, Tensor]:
+    """``gae`` on the fields of a ``RolloutBuffer``, flattened to ``[T * N]``: ``(adv, v_target)``.
+
+    With ``normalize`` the advantages are standardized over the whole rollout (mean 0, std 1),
+    as TRPO implementations do before the policy step.
+    """
+    adv, v_target = gae(buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], gamma, gae_lambda)
+    adv, v_target = adv.reshape(-1), v_target.reshape(-1)
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv, v_target
 
 
 def nstep_returns(

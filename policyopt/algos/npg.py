@@ -1,0 +1,131 @@
+"""Natural Policy Gradient.
+
+Kakade, "A Natural Policy Gradient" (NeurIPS 2002): follow the steepest-ascent direction of
+the expected return under the metric of the Fisher information of the policy,
+
+    theta <- theta + step_size * F^-1 g,     g = E[grad log pi(a|s) * adv],
+    F = E_s E_{a~pi}[grad log pi(a|s) grad log pi(a|s)^T]
+
+with ``F^-1 g`` computed by conjugate gradient on Fisher-vector products and the step
+normalized to a fixed KL radius, as in Rajeswaran et al., "Towards Generalization and
+Simplicity in Continuous Control" (NeurIPS 2017), Algorithm 1:
+
+    step_size = sqrt(2 * target_kl / (x^T F x)),   x = F^-1 g
+
+There is no line search (that is TRPO). Advantages come from GAE; the value function is fit
+between policy steps by ``n_critic_updates`` epochs of minibatch Adam, as in TRPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from policyopt.agent import Agent
+from policyopt.config import EnvConfig
+from policyopt.core.buffers import RolloutBuffer
+from policyopt.core.diagnostics import explained_variance
+from policyopt.core.distributions import Distribution
+from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
+from policyopt.core.returns import rollout_gae
+
+
+@dataclass
+class NPGConfig(EnvConfig):
+    num_envs: int = 1
+    num_steps: int = 2048  # steps per env per rollout
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    norm_adv: bool = True  # normalize advantages over the rollout
+    target_kl: float = 0.01  # KL radius delta of each natural-gradient step
+    cg_max_steps: int = 15  # conjugate-gradient iterations
+    cg_damping: float = 0.1  # F + cg_damping * I in the CG solve
+    learning_rate: float = 1e-3  # Adam step of the value-function fit
+    n_critic_updates: int = 10  # epochs of value-function minibatches per rollout
+    batch_size: int = 128  # value-function minibatch size
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
+    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+    normalize_reward: bool = False  # divide rewards by the running std of the discounted return
+
+    def check(self) -> list[str]:
+        rollout = self.num_envs * self.num_steps
+        if self.batch_size > rollout:
+            return [f"batch_size ({self.batch_size}) must be <= num_envs * num_steps ({rollout})"]
+        return []
+
+
+def policy_gradient_objective(logp: Tensor, adv: Tensor) -> Tensor:
+    """Kakade (2002), section 2 / Williams (1992): eta(theta) ~ E[log pi(a|s) * adv], to increase.
+
+    Its gradient is the vanilla policy gradient g = E[grad log pi(a|s) * adv].
+    ``logp, adv: [B]``; returns a scalar.
+    """
+    return (logp * adv).mean()
+
+
+class NPG(Agent):
+    """Natural policy gradient for Discrete and Box action spaces (Gaussian or Beta policies)."""
+
+    name = "npg"
+    Config = NPGConfig
+    loop = "on_policy"
+
+    def build(self) -> None:
+        cfg = self.config
+        self.policy = ActorCritic(
+            self.obs_dim, self.action_space, cfg.hidden_sizes, cfg.activation, cfg.policy, False, cfg.log_std_init, cfg.ortho_init
+        ).to(self.device)
+        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        dist, value = self.policy.dist_and_value(obs)
+        action = dist.mode() if deterministic else dist.sample()
+        return action, {"logp": dist.log_prob(action), "value": value}
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.policy.value(obs)
+
+    def update(self, buf: RolloutBuffer) -> dict[str, float]:
+        cfg = self.config
+        adv, v_target = rollout_gae(buf, cfg.gamma, cfg.gae_lambda, cfg.norm_adv)
+        data = buf.flat("obs", "action", "value")
+        obs, act = data["obs"], data["action"]
+
+        params = self.policy.actor_parameters()
+        old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
+        with torch.no_grad():  # pi_old from a copy: a Gaussian's log_std would otherwise alias the live parameter
+            old_dist = dist_under(self.policy, old_params, obs)
+        dist = self.policy.dist(obs)
+        entropy = dist.entropy().mean().item()  # read now: the step below changes a Gaussian's log_std in place
+        objective = policy_gradient_objective(dist.log_prob(act), adv)
+        step, grad, step_size = natural_gradient_step(
+            objective, old_dist.kl(dist).mean(), params, cfg.target_kl, cfg.cg_max_steps, cfg.cg_damping
+        )
+        set_flat_params(params, flat_params(params) + step)
+
+        v_loss = fit_regression(self.policy.value, self.optimizers["value"], obs, v_target, cfg.n_critic_updates, cfg.batch_size)
+        metrics = {
+            "loss/policy": -objective.item(),
+            "loss/value": v_loss,
+            "diag/step_size": step_size,
+            "diag/grad_norm": grad.norm().item(),
+            "diag/explained_var": explained_variance(data["value"], v_target),
+            "diag/entropy": entropy,
+        }
+        metrics.update(step_diagnostics(self.policy, old_dist, obs, act, adv))
+        return metrics
+
+
+@torch.no_grad()
+def step_diagnostics(policy: ActorCritic, old_dist: Distribution, obs: Tensor, act: Tensor, adv: Tensor) -> dict[str, float]:
+    """Mean KL[pi_old || pi] of the step taken and the gain of the surrogate E[ratio * adv]."""
+    dist = policy.dist(obs)
+    ratio = (dist.log_prob(act) - old_dist.log_prob(act)).exp()
+    return {"diag/kl": old_dist.kl(dist).mean().item(), "diag/improvement": ((ratio - 1.0) * adv).mean().item()}

@@ -1,0 +1,277 @@
+"""Natural-gradient machinery against explicit matrices: Fisher-vector products, conjugate
+gradient, the natural-gradient step, the KL line search and K-FAC."""
+
+import gymnasium as gym
+import pytest
+import torch
+
+from policyopt.algos.trpo import TRPO
+from policyopt.core.distributions import Categorical
+from policyopt.core.nets import ActorCritic, dist_under
+from policyopt.core.optim import (
+    KFAC,
+    backtracking_line_search,
+    conjugate_gradient,
+    fisher_vector_product,
+    flat_grad,
+    flat_params,
+    natural_gradient_step,
+)
+from policyopt.loops import make_runner
+
+OBS_DIM, N_STATES = 3, 16
+
+
+def small_policy(action_space: gym.Space) -> ActorCritic:
+    torch.manual_seed(0)
+    policy = ActorCritic(OBS_DIM, action_space, hidden_sizes=(4,), value_head=False).double()
+    for p in policy.parameters():  # move away from the tiny output-layer init so F is well conditioned
+        torch.nn.init.normal_(p, std=0.7)
+    return policy
+
+
+def states() -> torch.Tensor:
+    return torch.randn(N_STATES, OBS_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def jacobian(output: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """[len(output), n_params] Jacobian of a flat output vector."""
+    return torch.stack([flat_grad(o, params, retain_graph=True) for o in output.reshape(-1)])
+
+
+def categorical_fisher(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    """F = mean_s sum_a pi(a|s) grad log pi(a|s) grad log pi(a|s)^T, the expectation over actions exact."""
+    params = policy.actor_parameters()
+    n = sum(p.numel() for p in params)
+    fisher = torch.zeros(n, n, dtype=torch.float64)
+    for s in obs:
+        logp = policy.dist(s.unsqueeze(0)).logits[0]
+        J = jacobian(logp, params)
+        fisher += J.T @ torch.diag(logp.exp().detach()) @ J
+    return fisher / len(obs)
+
+
+def gaussian_fisher(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    """F = mean_s [J_mean^T diag(1 / std^2) J_mean + 2 J_logstd^T J_logstd], the closed form of N(mean, std^2)."""
+    params = policy.actor_parameters()
+    n = sum(p.numel() for p in params)
+    fisher = torch.zeros(n, n, dtype=torch.float64)
+    for s in obs:
+        dist = policy.dist(s.unsqueeze(0))
+        J_mean, J_log_std = jacobian(dist.mean, params), jacobian(dist.log_std, params)
+        fisher += J_mean.T @ torch.diag(dist.std[0].detach().pow(-2)) @ J_mean + 2.0 * J_log_std.T @ J_log_std
+    return fisher / len(obs)
+
+
+def kl_gradient(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    old = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    with torch.no_grad():
+        old_dist = dist_under(policy, old, obs)
+    mean_kl = old_dist.kl(policy.dist(obs)).mean()
+    return flat_grad(mean_kl, policy.actor_parameters(), create_graph=True)
+
+
+SPACES = {
+    "categorical": (gym.spaces.Discrete(3), categorical_fisher),
+    "gaussian": (gym.spaces.Box(-1.0, 1.0, (2,)), gaussian_fisher),
+}
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_fisher_vector_product_matches_the_explicit_fisher(kind):
+    space, explicit = SPACES[kind]
+    policy, obs = small_policy(space), states()
+    params = policy.actor_parameters()
+    fisher = explicit(policy, obs)
+    kl_grad = kl_gradient(policy, obs)
+    v = torch.randn(fisher.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(fisher_vector_product(kl_grad, params, v), fisher @ v, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fisher_vector_product(kl_grad, params, v, 0.1), fisher @ v + 0.1 * v, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", SPACES)
+def test_conjugate_gradient_solves_the_damped_fisher_system(kind):
+    space, explicit = SPACES[kind]
+    policy, obs = small_policy(space), states()
+    params = policy.actor_parameters()
+    fisher = explicit(policy, obs)
+    kl_grad = kl_gradient(policy, obs)
+    g = torch.randn(fisher.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    damping = 0.1
+    x = conjugate_gradient(lambda v: fisher_vector_product(kl_grad, params, v, damping), g, iters=fisher.shape[0])
+    reference = torch.linalg.solve(fisher + damping * torch.eye(fisher.shape[0], dtype=torch.float64), g)
+    assert ((x - reference).norm() / reference.norm()).item() < 1e-4
+
+
+def test_conjugate_gradient_stops_at_the_residual_tolerance():
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    calls = []
+
+    def Avp(v):
+        calls.append(1)
+        return A @ v
+
+    torch.testing.assert_close(conjugate_gradient(Avp, b, iters=50), torch.linalg.solve(A, b))
+    assert len(calls) == 3  # exact after n = 3 steps; the residual test ends the loop there
+
+
+def test_natural_gradient_step_lies_on_the_quadratic_trust_region_boundary():
+    policy, obs = small_policy(gym.spaces.Discrete(3)), states()
+    params = policy.actor_parameters()
+    fisher = categorical_fisher(policy, obs)
+    n, damping, max_kl = fisher.shape[0], 0.05, 0.01
+    with torch.no_grad():
+        old_dist = dist_under(policy, {k: v.detach().clone() for k, v in policy.named_parameters()}, obs)
+    dist = policy.dist(obs)
+    actions = torch.arange(N_STATES) % 3
+    adv = torch.linspace(-100, 100, N_STATES, dtype=torch.float64)  # a large g: CG's residual_tol is absolute
+    objective = (dist.log_prob(actions) * adv).mean()
+    step, g, step_size = natural_gradient_step(objective, old_dist.kl(dist).mean(), params, max_kl, n, damping)
+    damped = fisher + damping * torch.eye(n, dtype=torch.float64)
+    direction = torch.linalg.solve(damped, g)
+    torch.testing.assert_close(step, step_size * direction, rtol=1e-4, atol=1e-8)
+    assert 0.5 * (step @ damped @ step).item() == pytest.approx(max_kl, rel=1e-4)
+
+
+def line_search_problem():
+    """A Categorical policy on fixed states, a surrogate E[ratio * adv] and its exact mean KL."""
+    policy, obs = small_policy(gym.spaces.Discrete(3)), states()
+    params = policy.actor_parameters()
+    old = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    with torch.no_grad():
+        old_dist = dist_under(policy, old, obs)
+    actions = torch.arange(N_STATES) % 3
+    adv = torch.linspace(-1, 1, N_STATES, dtype=torch.float64)
+    logp_old = old_dist.log_prob(actions)
+
+    def surrogate(dist):
+        return ((dist.log_prob(actions) - logp_old).exp() * adv).mean()
+
+    def evaluate():
+        dist = policy.dist(obs)
+        return surrogate(dist).item(), old_dist.kl(dist).mean().item()
+
+    dist = policy.dist(obs)
+    objective = surrogate(dist)
+    step, _, _ = natural_gradient_step(objective, old_dist.kl(dist).mean(), params, 0.01, 30, 0.1)
+    return params, step, evaluate, objective.item()
+
+
+def test_line_search_backtracks_until_the_exact_kl_is_inside_the_region():
+    params, step, evaluate, surrogate_old = line_search_problem()
+    before = flat_params(params)
+    result = backtracking_line_search(params, 20.0 * step, evaluate, surrogate_old, max_kl=0.01, shrink=0.5, max_iter=15)
+    assert result.accepted and result.backtracks > 0
+    torch.testing.assert_close(flat_params(params), before + result.step_fraction * 20.0 * step)
+    surrogate, kl = evaluate()  # recomputed at the parameters left in place
+    assert kl <= 0.01 and kl == pytest.approx(result.kl)
+    assert surrogate - surrogate_old == pytest.approx(result.improvement) and result.improvement > 0
+    assert result.step_fraction == pytest.approx(0.5**result.backtracks)
+
+
+def test_line_search_restores_the_old_parameters_exactly_when_nothing_improves():
+    params, step, evaluate, surrogate_old = line_search_problem()
+    before = [p.detach().clone() for p in params]
+    result = backtracking_line_search(params, -step, evaluate, surrogate_old, max_kl=0.01, max_iter=10)
+    assert not result.accepted and result.backtracks == 10 and result.step_fraction == 0.0
+    for p, b in zip(params, before):
+        assert torch.equal(p, b)
+
+
+def test_every_accepted_trpo_step_keeps_the_exact_mean_kl_within_target():
+    target_kl = 0.005
+    for env_id in ("CartPole-v1", "Pendulum-v1"):
+        agent = TRPO(env_id, seed=0, preset=False, num_envs=2, num_steps=256, batch_size=128, target_kl=target_kl)
+        agent.runner = make_runner(agent)
+        accepted = 0
+        for _ in range(6):
+            agent.runner.collect()
+            obs = agent.runner.buffer.flat("obs")["obs"]
+            old = {k: v.detach().clone() for k, v in agent.policy.named_parameters()}
+            metrics = agent.update(agent.runner.buffer)
+            with torch.no_grad():
+                kl = dist_under(agent.policy, old, obs).kl(agent.policy.dist(obs)).mean().item()
+            if metrics["diag/accepted"]:
+                accepted += 1
+                assert kl <= target_kl and kl == pytest.approx(metrics["diag/kl"], rel=1e-4)
+            else:
+                for k, p in agent.policy.named_parameters():
+                    if not k.startswith("critic"):
+                        assert torch.equal(p, old[k])
+        assert accepted >= 3
+
+
+# --- K-FAC ----------------------------------------------------------------------------------
+
+
+def sampled_categorical_pass(layer, kfac, x):
+    """One tracked forward of a linear softmax policy; returns (-log p of sampled actions per sample, G by hand)."""
+    with kfac.track():
+        logits = layer(x)
+    dist = Categorical(logits)
+    actions = dist.sample()
+    kfac.update_factors(-dist.log_prob(actions).mean())
+    g = torch.softmax(logits, -1).detach() - torch.nn.functional.one_hot(actions, logits.shape[1]).double()
+    return g.T @ g / len(x)
+
+
+def test_kfac_factors_are_the_second_moments_of_inputs_and_pre_activation_gradients():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 4).double()
+    kfac = KFAC(layer, stats_decay=0.95)
+    x1, x2 = torch.randn(64, 3, dtype=torch.float64), torch.randn(32, 3, dtype=torch.float64)
+    a1 = torch.cat([x1, torch.ones(64, 1, dtype=torch.float64)], 1)
+    a2 = torch.cat([x2, torch.ones(32, 1, dtype=torch.float64)], 1)
+
+    G1 = sampled_categorical_pass(layer, kfac, x1)
+    torch.testing.assert_close(kfac.A[0], a1.T @ a1 / 64)  # E[a a^T], bias-augmented
+    torch.testing.assert_close(kfac.G[0], G1)  # E[g g^T], g = softmax - onehot(sampled action)
+
+    G2 = sampled_categorical_pass(layer, kfac, x2)  # second update: decay min(1 - 1/2, 0.95) = 0.5
+    torch.testing.assert_close(kfac.A[0], 0.5 * a1.T @ a1 / 64 + 0.5 * a2.T @ a2 / 32)
+    torch.testing.assert_close(kfac.G[0], 0.5 * G1 + 0.5 * G2)
+
+
+def test_kfac_step_is_the_damped_kronecker_solve_scaled_into_the_trust_region():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 4).double()
+    log_std = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))  # a non-Linear parameter: identity block
+    model = torch.nn.Module()
+    model.layer, model.log_std = layer, log_std
+    kfac = KFAC(model, lr=10.0, momentum=0.0, damping=0.01, kl_clip=0.002)
+    x = torch.randn(64, 3, dtype=torch.float64)
+    sampled_categorical_pass(layer, kfac, x)
+
+    loss = (layer(x) ** 2).mean() + (log_std - 1.0).pow(2).sum()
+    loss.backward()
+    grad = torch.cat([layer.weight.grad, layer.bias.grad.unsqueeze(1)], 1).clone()
+    grad_log_std = log_std.grad.clone()
+    before = torch.cat([layer.weight, layer.bias.unsqueeze(1)], 1).detach().clone()
+    log_std_before = log_std.detach().clone()
+
+    # (A (x) G + damping I) vec(Delta) = vec(grad), with vec stacking columns
+    F = torch.kron(kfac.A[0], kfac.G[0]) + 0.01 * torch.eye(16, dtype=torch.float64)
+    delta = torch.linalg.solve(F, grad.T.reshape(-1)).reshape(4, 4).T
+    quad = (delta * grad).sum() + grad_log_std.pow(2).sum()
+    eta = min(10.0, (2 * 0.002 / quad).sqrt().item())
+    assert eta < 10.0  # the trust region, not lr, sets this step
+
+    stats = kfac.step()
+    assert stats["step_size"] == pytest.approx(eta)
+    assert stats["quad_kl"] == pytest.approx(0.002)
+    after = torch.cat([layer.weight, layer.bias.unsqueeze(1)], 1).detach()
+    torch.testing.assert_close(after, before - eta * delta)
+    torch.testing.assert_close(log_std.detach(), log_std_before - eta * grad_log_std)
+
+
+def test_kfac_state_round_trips():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 4).double()
+    kfac = KFAC(layer)
+    sampled_categorical_pass(layer, kfac, torch.randn(8, 3, dtype=torch.float64))
+    other = KFAC(torch.nn.Linear(3, 4).double())
+    other.load_state_dict(kfac.state_dict())
+    torch.testing.assert_close(other.A[0], kfac.A[0])
+    torch.testing.assert_close(other.G[0], kfac.G[0])
+    assert other.updates == 1
