@@ -16,7 +16,12 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+_EXPORTS = {
+    "REINFORCE": "policyopt.algos.reinforce",
+    "A2C": "policyopt.algos.a2c",
+    "PPO": "policyopt.algos.ppo",
+    "PPG": "policyopt.algos.ppg",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -5,10 +5,12 @@ search and K-FAC.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+
+from policyopt.core.buffers import minibatch_indices
 
 
 @torch.no_grad()
@@ -46,3 +48,30 @@ def flat_grad(output: Tensor, params: list[Tensor], *, create_graph: bool = Fals
     """d output / d params as one flat vector (zeros for parameters the output does not touch)."""
     grads = torch.autograd.grad(output, params, create_graph=create_graph, retain_graph=retain_graph, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+def fit_regression(
+    predict: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    epochs: int,
+    batch_size: int,
+) -> float:
+    """Minimize 0.5 * mean((predict(inputs) - targets)^2) by ``epochs`` passes of shuffled minibatches.
+
+    The value-function fit of TRPO/NPG (Schulman et al. 2015, section 8; GAE paper section 5
+    fits V by regression onto the lambda-returns between policy steps).
+    ``inputs: [B, ...]``, ``targets: [B]``; returns the mean loss over the last epoch.
+    """
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for idx in minibatch_indices(targets.shape[0], batch_size, targets.device):
+            loss = 0.5 * (predict(inputs[idx]) - targets[idx]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / count
