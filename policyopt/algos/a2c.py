@@ -75,16 +75,7 @@ class A2C(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim,
-            self.action_space,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.policy,
-            cfg.shared_network,
-            cfg.log_std_init,
-            cfg.ortho_init,
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         params = self.policy.parameters()
         if cfg.optimizer == "rmsprop":

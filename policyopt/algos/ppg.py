@@ -101,16 +101,7 @@ class PPG(Agent):
     def build(self) -> None:
         cfg = self.config
         # shared=True: the "critic" of this ActorCritic is V_aux, a linear head on the policy trunk
-        self.policy = ActorCritic(
-            self.obs_dim,
-            self.action_space,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.policy,
-            shared=True,
-            log_std_init=cfg.log_std_init,
-            ortho_init=cfg.ortho_init,
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg, shared=True).to(self.device)
         self.critic = mlp(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation, ortho_init=cfg.ortho_init).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy, "critic": self.critic})
         self.optimizers = {

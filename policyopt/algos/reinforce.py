@@ -33,9 +33,8 @@ mu. The importance weight of the episode corrects that exactly,
 
     w_e = prod_t pi(a_t|s_t) / mu(a_t|s_t)   (1 for an episode collected by the current policy)
 
-with mu's log-probabilities stored at collection time (``logp``). ``diag/ess`` reports how far
-the weights are from 1; keep ``num_steps`` near the typical episode length so few episodes span
-two rollouts. A truncated episode (time limit) bootstraps its last step from V(final obs) only
+with mu's log-probabilities stored at collection time (``logp``). ``diag/ess`` reports how much
+the weights spread (1: all equal); it stays high when one update moves the policy little. A truncated episode (time limit) bootstraps its last step from V(final obs) only
 when there is a critic (``baseline=value``); otherwise its return stops at the limit.
 
 The gamma^t factor of the exact gradient of the discounted objective is left out of the
@@ -201,16 +200,8 @@ class REINFORCE(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim,
-            self.action_space,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.policy,
-            log_std_init=cfg.log_std_init,
-            ortho_init=cfg.ortho_init,
-            value_head=cfg.baseline == "value",
-        ).to(self.device)
+        value_head = cfg.baseline == "value"
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg, value_head=value_head).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.optimizers = {"policy": torch.optim.Adam(self.policy.actor_parameters(), lr=cfg.learning_rate)}
         if cfg.baseline == "value":
