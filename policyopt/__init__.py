@@ -17,10 +17,13 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PPO": "policyopt.algos.ppo",
+    "REINFORCE": "policyopt.algos.reinforce",
+    "A2C": "policyopt.algos.a2c",
     "NPG": "policyopt.algos.npg",
     "TRPO": "policyopt.algos.trpo",
     "ACKTR": "policyopt.algos.acktr",
+    "PPO": "policyopt.algos.ppo",
+    "PPG": "policyopt.algos.ppg",
 }
 
 

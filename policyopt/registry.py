@@ -13,10 +13,13 @@ from policyopt.config import ConfigError
 ALGORITHMS: dict[str, tuple[str, str, str]] = {
     # tabular
     # on-policy
+    "reinforce": ("policyopt.algos.reinforce", "REINFORCE", "Monte-Carlo policy gradient (reward-to-go, none/mean/value/optimal baseline)"),
+    "a2c": ("policyopt.algos.a2c", "A2C", "Synchronous advantage actor-critic (n-step or GAE)"),
     "npg": ("policyopt.algos.npg", "NPG", "Natural Policy Gradient (conjugate gradient, fixed KL step)"),
     "trpo": ("policyopt.algos.trpo", "TRPO", "Trust Region Policy Optimization (natural gradient + KL line search)"),
     "acktr": ("policyopt.algos.acktr", "ACKTR", "Actor-Critic with Kronecker-Factored Trust Region (K-FAC A2C)"),
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
+    "ppg": ("policyopt.algos.ppg", "PPG", "Phasic Policy Gradient (PPO policy phase + auxiliary value/distillation phase)"),
     # off-policy
     # distributed
 }
