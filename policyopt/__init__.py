@@ -16,7 +16,13 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+_EXPORTS = {
+    "PPO": "policyopt.algos.ppo",
+    "DQN": "policyopt.algos.dqn",
+    "DDPG": "policyopt.algos.ddpg",
+    "TD3": "policyopt.algos.td3",
+    "SAC": "policyopt.algos.sac",
+}
 
 
 def __getattr__(name: str) -> Any:

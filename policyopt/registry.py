@@ -15,6 +15,10 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     # on-policy
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
     # off-policy
+    "dqn": ("policyopt.algos.dqn", "DQN", "Deep Q-Network; Double DQN with --set double_q=true"),
+    "ddpg": ("policyopt.algos.ddpg", "DDPG", "Deep Deterministic Policy Gradient"),
+    "td3": ("policyopt.algos.td3", "TD3", "Twin Delayed DDPG (clipped double-Q, delayed updates, target smoothing)"),
+    "sac": ("policyopt.algos.sac", "SAC", "Soft Actor-Critic (Box: squashed Gaussian; Discrete: Christodoulou 2019)"),
     # distributed
 }
 
