@@ -45,7 +45,7 @@ class SACConfig(OffPolicyConfig):
     autotune: bool = True  # learn alpha towards target_entropy
     alpha: float = 1.0  # initial temperature with autotune, the fixed one without
     target_entropy: float | None = None  # None: -dim(A) for Box, target_entropy_scale * log|A| for Discrete
-    target_entropy_scale: float = 0.98  # Christodoulou 2019, section 4
+    target_entropy_scale: float = 0.89  # CleanRL's value; Christodoulou 2019 (section 4) used 0.98
     hidden_sizes: tuple[int, ...] = (256, 256)
     activation: str = field(default="relu", metadata={"choices": tuple(ACTIVATIONS)})
 
