@@ -128,8 +128,8 @@ class Agent:
 
         Returns the action of the policy the critic evaluates, the critic's estimates of
         Q(s, action) (``q_estimate``: the value the algorithm's targets use; ``q1_estimate``
-        too for twin critics), each ``[B]``, and the per-step bonus its value counts besides rewards ``[B]``
-        (zero, or SAC's entropy bonus ``-alpha * log pi(a|s)``).
+        too for twin critics), each ``[B]``, and the bonus per step that the value counts
+        besides the reward, ``[B]`` (zero, or SAC's entropy bonus ``-alpha * log pi(a|s)``).
         """
         raise NotImplementedError(f"{self.name} has no action-value critic to probe")
 

@@ -11,12 +11,12 @@ from policyopt.envs import EnvError
 SMALL = dict(preset=False, learning_starts=64, batch_size=32, log_interval=100, hidden_sizes=(32, 32))
 
 
-@pytest.mark.parametrize("double_q", [False, True])
-def test_smoke_cartpole(double_q):
-    agent = DQN("CartPole-v1", seed=0, double_q=double_q, target_network_frequency=50, **SMALL)
+@pytest.mark.parametrize("double_q,num_envs", [(False, 1), (True, 2)])
+def test_smoke_cartpole(double_q, num_envs):
+    agent = DQN("CartPole-v1", seed=0, double_q=double_q, num_envs=num_envs, target_network_frequency=50, **SMALL)
     logged = []
     agent.learn(300, progress=False, callback=lambda a, m: logged.append(m))
-    assert agent.num_updates == (300 - 64) // 4 + 1
+    assert agent.global_step == 300 and agent.num_updates == (300 - 64) // (4 * num_envs) + 1
     for key in ("loss/q", "diag/q", "diag/grad_norm", "diag/epsilon"):
         assert np.isfinite(logged[-1][key]), key
     action = agent.predict(gym.make("CartPole-v1").reset(seed=0)[0])
