@@ -24,6 +24,10 @@ _EXPORTS = {
     "ACKTR": "policyopt.algos.acktr",
     "PPO": "policyopt.algos.ppo",
     "PPG": "policyopt.algos.ppg",
+    "DQN": "policyopt.algos.dqn",
+    "DDPG": "policyopt.algos.ddpg",
+    "TD3": "policyopt.algos.td3",
+    "SAC": "policyopt.algos.sac",
 }
 
 

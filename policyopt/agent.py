@@ -123,6 +123,16 @@ class Agent:
     def value(self, obs: Tensor) -> Tensor:
         return torch.zeros(obs.shape[0], device=obs.device)
 
+    def critic_probe(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """What the overestimation diagnostic (``evaluation.critic_bias``) asks a critic.
+
+        Returns the action of the policy the critic evaluates, the critic's estimates of
+        Q(s, action) (``q_estimate``: the value the algorithm's targets use; ``q1_estimate``
+        too for twin critics), each ``[B]``, and the bonus per step that the value counts
+        besides the reward, ``[B]`` (zero, or SAC's entropy bonus ``-alpha * log pi(a|s)``).
+        """
+        raise NotImplementedError(f"{self.name} has no action-value critic to probe")
+
     def extra_state(self) -> dict[str, Any]:
         return {}
 
@@ -195,8 +205,9 @@ class Agent:
 
         return evaluate_agent(self, episodes, seed=seed, deterministic=deterministic, video_dir=video_dir)
 
-    def make_eval_env(self, render_mode: str | None = None) -> gym.Env:
-        return make_env(self.env, flatten_obs=self.config.flatten_obs, render_mode=render_mode)
+    def make_eval_env(self, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
+        """A fresh env; ``kwargs`` go to ``gym.make`` (e.g. ``max_episode_steps``) for registered ids."""
+        return make_env(self.env, flatten_obs=self.config.flatten_obs, render_mode=render_mode, **kwargs)
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

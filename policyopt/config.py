@@ -42,6 +42,26 @@ class EnvConfig:
         return []
 
 
+@dataclass
+class OffPolicyConfig(EnvConfig):
+    """What ``loops.OffPolicyRunner`` reads, shared by every replay-based algorithm.
+
+    Units: ``buffer_size``, ``learning_starts``, ``log_interval`` and ``bias_eval_interval`` count
+    env steps (summed over envs); ``train_frequency`` counts loop iterations (one step of every
+    env); ``gradient_steps`` is the number of updates each time training happens.
+    """
+
+    buffer_size: int = 1_000_000
+    learning_starts: int = 1000  # uniform random actions, no updates, before this many steps
+    train_frequency: int = 1
+    gradient_steps: int = 1
+    batch_size: int = 256
+    gamma: float = 0.99
+    log_interval: int = 1000  # steps between rows of metrics.csv
+    bias_eval_interval: int = 0  # steps between overestimation measurements (diag/q_bias); 0 = off
+    bias_eval_episodes: int = 5
+
+
 def _between(low: float, high: float, low_open: bool, high_open: bool) -> Callable[[Any], bool]:
     def test(v: Any) -> bool:
         above = v > low if low_open else v >= low
@@ -92,6 +112,17 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "stats_decay": ("in [0, 1)", _between(0, 1, False, True)),
     "momentum": ("in [0, 1)", _between(0, 1, False, True)),
     "vf_fisher_coef": (">= 0", lambda v: v >= 0),
+    "log_interval": (">= 1", lambda v: v >= 1),
+    "bias_eval_interval": (">= 0", lambda v: v >= 0),
+    "bias_eval_episodes": (">= 1", lambda v: v >= 1),
+    "exploration_fraction": ("in (0, 1]", _between(0, 1, True, False)),
+    "start_e": ("in [0, 1]", _between(0, 1, False, False)),
+    "end_e": ("in [0, 1]", _between(0, 1, False, False)),
+    "exploration_noise": (">= 0", lambda v: v >= 0),
+    "policy_noise": (">= 0", lambda v: v >= 0),
+    "noise_clip": (">= 0", lambda v: v >= 0),
+    "alpha": ("> 0", lambda v: v > 0),
+    "target_entropy_scale": ("in (0, 1]", _between(0, 1, True, False)),
 }
 
 

@@ -37,6 +37,7 @@ from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv
+from policyopt.evaluation import critic_bias
 from policyopt.logging import Logger, ProgressBar
 
 if TYPE_CHECKING:
@@ -205,18 +206,19 @@ class MetricWindow:
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, metrics: dict[str, Any]) -> None:
+        """Accumulate; 0-d tensors stay tensors until ``pop``, so updates never wait on a device."""
         for k, v in metrics.items():
-            self.sums[k] += float(v)
+            self.sums[k] = self.sums[k] + (v.detach() if isinstance(v, Tensor) else float(v))
             self.counts[k] += 1
 
     def pop(self) -> dict[str, float]:
-        out = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
         self.sums.clear()
         self.counts.clear()
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums = defaultdict(float, state["sums"])
@@ -224,7 +226,12 @@ class MetricWindow:
 
 
 class OffPolicyRunner:
-    """One step of every env per iteration, into replay; updates on sampled batches."""
+    """One step of every env per iteration, into replay; updates on sampled batches.
+
+    Every ``bias_eval_interval`` steps (config, 0 = never) after ``learning_starts`` it also
+    measures the critic's overestimation (``evaluation.critic_bias``); the result joins the
+    next logged row of metrics.
+    """
 
     def __init__(self, agent: Agent):
         cfg = agent.config
@@ -235,6 +242,8 @@ class OffPolicyRunner:
         self.iteration = 0
         self.log_every = max(1, getattr(cfg, "log_interval", 1000) // cfg.num_envs)
         self.update_s = 0.0
+        self.bias_eval_interval = getattr(cfg, "bias_eval_interval", 0)
+        self.pending: dict[str, float] = {}  # diagnostics waiting for the next log row
 
     def random_action(self) -> np.ndarray:
         space, n, rng = self.agent.action_space, self.agent.config.num_envs, self.agent.np_rng
@@ -262,12 +271,24 @@ class OffPolicyRunner:
                 self.window.add(agent.update(self.replay.sample(cfg.batch_size)))
                 agent.num_updates += 1
             self.update_s += time.perf_counter() - t0
+        if self.bias_eval_due():
+            seed = agent.seed + 20_000 + agent.global_step
+            self.pending.update(critic_bias(agent, cfg.bias_eval_episodes, seed=seed))
         if self.iteration % self.log_every:
             return None
         metrics = self.window.pop()
+        metrics.update(self.pending)
+        self.pending = {}
         metrics["time/update_s"] = self.update_s
         self.update_s = 0.0
         return metrics
+
+    def bias_eval_due(self) -> bool:
+        """True on the iteration whose steps cross a multiple of ``bias_eval_interval``."""
+        every, step = self.bias_eval_interval, self.agent.global_step
+        if not every or step < self.agent.config.learning_starts:
+            return False
+        return step // every != (step - self.agent.config.num_envs) // every
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -275,6 +296,7 @@ class OffPolicyRunner:
             "replay": self.replay.state_dict(),
             "window": self.window.state_dict(),
             "iteration": self.iteration,
+            "pending": dict(self.pending),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,6 +304,7 @@ class OffPolicyRunner:
         self.replay.load_state_dict(state["replay"])
         self.window.load_state_dict(state["window"])
         self.iteration = int(state["iteration"])
+        self.pending = dict(state["pending"])
 
 
 RUNNERS = {"on_policy": OnPolicyRunner, "off_policy": OffPolicyRunner}

@@ -21,6 +21,10 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
     "ppg": ("policyopt.algos.ppg", "PPG", "Phasic Policy Gradient (PPO policy phase + auxiliary value/distillation phase)"),
     # off-policy
+    "dqn": ("policyopt.algos.dqn", "DQN", "Deep Q-Network; Double DQN with --set double_q=true"),
+    "ddpg": ("policyopt.algos.ddpg", "DDPG", "Deep Deterministic Policy Gradient"),
+    "td3": ("policyopt.algos.td3", "TD3", "Twin Delayed DDPG (clipped double-Q, delayed updates, target smoothing)"),
+    "sac": ("policyopt.algos.sac", "SAC", "Soft Actor-Critic (Box: squashed Gaussian; Discrete: Christodoulou 2019)"),
     # distributed
 }
 

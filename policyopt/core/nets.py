@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from policyopt.envs.vector import EnvError
 from policyopt.core.distributions import Beta, Categorical, DiagGaussian, Distribution, SquashedGaussian
+from policyopt.core.optim import polyak_update, target_copy
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
@@ -217,6 +218,106 @@ class ActorCritic(nn.Module):
         if self.critic is None:
             return []
         return list(self.critic.parameters())
+
+
+class EnsembleMLP(nn.Module):
+    """``num_members`` independent MLPs evaluated together: one ``torch.baddbmm`` per layer.
+
+    Layer ``i`` stores the weights of every member stacked, ``[K, in_i, out_i]``, and the
+    biases ``[K, 1, out_i]``, so twin critics cost one batched matmul per layer instead of two
+    matmuls and two module calls. Input ``[B, in]`` (shared by all members) or ``[K, B, in]``;
+    output ``[K, B, out]``. Each member starts like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)),
+    the default of the off-policy critics in SB3 and CleanRL.
+
+    ``detach_params=True`` evaluates with the parameters cut from the graph: gradients still
+    flow to the input (the actor's action), not to the critic, which saves the weight-gradient
+    half of the backward pass in actor updates.
+    """
+
+    def __init__(self, num_members: int, in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str = "relu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.num_members = num_members
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_members, a, b)) for a, b in zip(sizes, sizes[1:]))
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(num_members, 1, b)) for b in sizes[1:])
+        self.activation = ACTIVATIONS[activation]()
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for weight, bias in zip(self.weights, self.biases):
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            weight.uniform_(-bound, bound)
+            bias.uniform_(-bound, bound)
+
+    def forward(self, x: Tensor, detach_params: bool = False) -> Tensor:
+        h = x.expand(self.num_members, *x.shape) if x.dim() == 2 else x
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                weight, bias = weight.detach(), bias.detach()
+            h = torch.baddbmm(bias, h, weight)
+            if i < last:
+                h = self.activation(h)
+        return h
+
+
+class ContinuousQ(nn.Module):
+    """``num_critics`` action-value functions Q_k(s, a) for Box actions, fused: ``[K, B]``."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int], num_critics: int = 2, activation: str = "relu"
+    ):
+        super().__init__()
+        self.net = EnsembleMLP(num_critics, obs_dim + action_dim, hidden_sizes, 1, activation)
+
+    def forward(self, obs: Tensor, action: Tensor, detach_params: bool = False) -> Tensor:
+        return self.net(torch.cat([obs, action], dim=-1), detach_params).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """mu(s) = loc + scale * tanh(mlp(s)): a deterministic policy inside the Box bounds (DDPG, TD3)."""
+
+    def __init__(self, obs_dim: int, space: gym.spaces.Box, hidden_sizes: Sequence[int], activation: str = "relu"):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden_sizes, flat_dim(space), activation, ortho_init=False)
+        low, high = _bounds(space)
+        self.register_buffer("low", low)
+        self.register_buffer("high", high)
+        self.register_buffer("loc", (high + low) / 2.0)
+        self.register_buffer("scale", (high - low) / 2.0)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.loc + self.scale * torch.tanh(self.net(obs))
+
+    def explore(self, action: Tensor, noise: float) -> Tensor:
+        """clip(mu(s) + eps, low, high), eps ~ N(0, (noise * scale)^2): the Gaussian exploration
+        of DDPG and TD3 (Fujimoto et al. 2018, section 6.1). ``action: [B, d]``."""
+        return (action + noise * self.scale * torch.randn_like(action)).clamp(self.low, self.high)
+
+
+class DeterministicActorCritic(nn.Module):
+    """A deterministic actor mu(s), ``num_critics`` fused critics Q_k(s, a), and a target copy of
+    each (DDPG: one critic, TD3: two). ``update_targets(tau)`` moves both targets by Polyak averaging."""
+
+    def __init__(
+        self, obs_dim: int, space: gym.spaces.Box, hidden_sizes: Sequence[int], num_critics: int, activation: str = "relu"
+    ):
+        super().__init__()
+        self.actor = DeterministicActor(obs_dim, space, hidden_sizes, activation)
+        self.critic = ContinuousQ(obs_dim, flat_dim(space), hidden_sizes, num_critics, activation)
+        self.actor_target = target_copy(self.actor)
+        self.critic_target = target_copy(self.critic)
+
+    def act(self, obs: Tensor, deterministic: bool, noise: float) -> Tensor:
+        action = self.actor(obs)
+        return action if deterministic else self.actor.explore(action, noise)
+
+    def update_targets(self, tau: float) -> None:
+        polyak_update(self.actor, self.actor_target, tau)
+        polyak_update(self.critic, self.critic_target, tau)
 
 
 def dist_under(policy: nn.Module, params: dict[str, Tensor], obs: Tensor) -> Distribution:

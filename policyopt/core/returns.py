@@ -34,6 +34,17 @@ def next_values_from(values: Tensor, last_value: Tensor, dones: Tensor, final_va
     return torch.where(dones.bool(), final_values, shifted)
 
 
+def td_target(rewards: Tensor, terminated: Tensor, next_values: Tensor, gamma: float) -> Tensor:
+    """One-step TD target, the regression target of every replay-based critic.
+
+    Sutton & Barto (2018), eq. 6.2:  y = r + gamma * (1 - terminated) * V(s').
+    ``next_values`` is the value of the real next state, also where a time limit truncated
+    the episode (the replay buffer stores the final observation), so truncated transitions
+    bootstrap and only ``terminated`` ones do not. Any shape, all arguments alike.
+    """
+    return rewards + gamma * (1.0 - terminated.float()) * next_values
+
+
 def discounted_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, dones: Tensor, gamma: float) -> Tensor:
     """Monte-Carlo (reward-to-go) returns with bootstrapping only where the data ends.
 

@@ -1,0 +1,75 @@
+"""Acceptance runs of the off-policy family: train each seed, evaluate 20 deterministic episodes.
+
+    python benchmarks/offpolicy_acceptance.py ALGO ENV [--seeds 0 1 2] [--steps N]
+        [--set key=value ...] [--run-root DIR]
+
+Trains with the algorithm's preset for ENV (``policyopt/presets/<algo>.yaml``) plus the
+``--set`` overrides for ``--steps`` env steps (default: the preset's ``total_steps``), one seed
+after the other, then prints one markdown row:
+algorithm | env | budget | settings | per-seed results | mean | min,
+where a seed's result is the mean undiscounted return of ``agent.evaluate(20)``.
+
+With ``--set bias_eval_interval=N`` it also prints, per seed, the critic's overestimation
+(``diag/q_bias``, TD3 paper section 4.1) averaged over all measurements and over the last half.
+With ``--run-root`` every seed writes a run directory there (for ``policyopt plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policyopt.config import parse_set  # noqa: E402
+from policyopt.registry import get_algorithm  # noqa: E402
+
+
+def train_seed(args: argparse.Namespace, seed: int, overrides: dict[str, str]) -> tuple[float, int, list[float]]:
+    """(mean eval return, budget, q_bias measurements) of one seed."""
+    agent = get_algorithm(args.algo)(args.env, seed=seed, **overrides)
+    budget = args.steps or agent.suggested_steps
+    biases: list[float] = []
+
+    def record(_agent, metrics):
+        if "diag/q_bias" in metrics:
+            biases.append(metrics["diag/q_bias"])
+
+    run_dir = Path(args.run_root) / f"{args.env}__{args.algo}__{seed}" if args.run_root else None
+    agent.learn(budget, run_dir=run_dir, progress=False, callback=record)
+    return float(np.mean(agent.evaluate(20))), budget, biases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("algo")
+    parser.add_argument("env")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="env steps (default: the preset's total_steps)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--run-root", default=None, help="write run directories here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    overrides = parse_set(args.overrides)
+    results, budget = [], args.steps
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        score, budget, biases = train_seed(args, seed, overrides)
+        results.append(score)
+        line = f"# {args.algo} {args.env} seed {seed}: {score:.1f} ({time.perf_counter() - t0:.0f} s)"
+        if biases:
+            half = biases[len(biases) // 2 :]
+            line += f"; q_bias mean {np.mean(biases):.2f} over {len(biases)} measurements, last half {np.mean(half):.2f}"
+        print(line, flush=True)
+    settings = ", ".join(args.overrides) or "preset"
+    per_seed = " / ".join(f"{r:.1f}" for r in results)
+    print(f"| {args.algo} | {args.env} | {budget} | {settings} | {per_seed} | {np.mean(results):.1f} | {np.min(results):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

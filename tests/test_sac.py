@@ -1,0 +1,125 @@
+"""SAC: soft targets and losses against explicit formulas, the tanh log-prob correction against
+torch.distributions, the temperature's gradient sign, both action-space variants, learning."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
+
+from policyopt.algos.sac import SAC, sac_actor_loss, sac_critic_target, soft_state_value, temperature_loss
+from policyopt.core.distributions import Categorical, SquashedGaussian
+
+SMALL = dict(preset=False, learning_starts=64, batch_size=32, log_interval=100, hidden_sizes=(32, 32))
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_smoke(env_id):
+    agent = SAC(env_id, seed=0, **SMALL)
+    logged = []
+    agent.learn(300, progress=False, callback=lambda a, m: logged.append(m))
+    for key in ("loss/critic", "loss/actor", "loss/alpha", "diag/alpha", "diag/entropy", "diag/q"):
+        assert np.isfinite(logged[-1][key]), key
+    assert logged[-1]["diag/alpha"] < 1.0  # the temperature moved from its initial value
+    raw = gym.make(env_id).reset(seed=0)[0]
+    action = agent.predict(raw)
+    assert agent.action_space.contains(int(action) if agent.discrete else action.astype(np.float32))
+
+
+def test_variant_follows_the_action_space():
+    box = SAC("Pendulum-v1", **SMALL)
+    assert isinstance(box.actor.dist(torch.zeros(1, 3)), SquashedGaussian)
+    assert box.target_entropy == -1.0
+    discrete = SAC("CartPole-v1", **SMALL)
+    assert isinstance(discrete.actor.dist(torch.zeros(1, 4)), Categorical)
+    assert discrete.critic(torch.zeros(5, 4)).shape == (2, 5, 2)
+    assert discrete.target_entropy == pytest.approx(0.89 * math.log(2))
+
+
+def test_actor_log_prob_has_the_tanh_correction():
+    """SAC's sampled action and log pi match torch's Normal -> tanh -> affine(loc, scale) density."""
+    agent = SAC("Pendulum-v1", seed=0, **SMALL)  # actions in [-2, 2]: loc 0, scale 2
+    obs = torch.randn(64, 3)
+    torch.manual_seed(1)
+    action, logp, probs = agent._policy(obs)
+    assert probs is None and action.abs().max() < 2.0
+    dist = agent.actor.dist(obs)
+    reference = TransformedDistribution(
+        Normal(dist.base.mean, dist.base.std), [TanhTransform(), AffineTransform(0.0, 2.0)]
+    )
+    torch.testing.assert_close(logp, reference.log_prob(action).sum(-1), atol=2e-3, rtol=1e-4)
+    # without the correction the log-density would be that of the Gaussian alone
+    assert not torch.allclose(logp, dist.base.log_prob(torch.atanh(action / 2.0)), atol=1e-2)
+
+
+def test_soft_value_and_targets_follow_the_equations():
+    q1, q2 = torch.tensor([1.0, 4.0]), torch.tensor([2.0, 3.0])
+    logp = torch.tensor([-1.0, 0.5])
+    torch.testing.assert_close(soft_state_value(q1, q2, logp, 0.2), torch.tensor([1.0 + 0.2, 3.0 - 0.1]))
+    reward, terminated = torch.tensor([1.0, 1.0]), torch.tensor([False, True])
+    torch.testing.assert_close(
+        sac_critic_target(reward, terminated, q1, q2, logp, 0.2, 0.9), torch.tensor([1.0 + 0.9 * 1.2, 1.0])
+    )
+    torch.testing.assert_close(sac_actor_loss(q1, q2, logp, 0.2), -torch.tensor([1.2, 2.9]).mean())
+
+
+def test_discrete_expectations_are_exact_sums_over_actions():
+    gen = torch.Generator().manual_seed(0)
+    q1, q2 = torch.randn(6, 3, generator=gen), torch.randn(6, 3, generator=gen)
+    dist = Categorical(torch.randn(6, 3, generator=gen))
+    probs, logp, alpha = dist.probs, dist.logits, 0.3
+    brute = torch.zeros(6)
+    for b in range(6):
+        for a in range(3):
+            brute[b] += probs[b, a] * (min(q1[b, a], q2[b, a]) - alpha * logp[b, a])
+    torch.testing.assert_close(soft_state_value(q1, q2, logp, alpha, probs), brute)
+    torch.testing.assert_close(sac_actor_loss(q1, q2, logp, alpha, probs), -brute.mean())
+    entropy = -(probs * logp).sum(-1)
+    log_alpha = torch.tensor(0.0, requires_grad=True)
+    temperature_loss(log_alpha, logp, 0.5, probs).backward()
+    torch.testing.assert_close(log_alpha.grad, (entropy - 0.5).mean())
+
+
+@pytest.mark.parametrize("entropy,sign", [(-3.0, -1.0), (1.0, 1.0)])
+def test_temperature_rises_when_entropy_is_below_target(entropy, sign):
+    """target entropy -1: entropy -3 is too low, so dJ/dlog_alpha < 0 and gradient descent raises alpha."""
+    log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
+    logp = torch.full((8,), -entropy)
+    temperature_loss(log_alpha, logp, -1.0).backward()
+    assert torch.sign(log_alpha.grad).item() == sign
+    assert log_alpha.grad.item() == pytest.approx(entropy - (-1.0))
+
+
+def test_fixed_temperature_without_autotune():
+    agent = SAC("Pendulum-v1", seed=0, autotune=False, alpha=0.1, **SMALL)
+    assert "temperature" not in agent.optimizers
+    agent.learn(200, progress=False)
+    assert agent.temperature().item() == pytest.approx(0.1)
+
+
+def test_learns_target_env():
+    """Target-v0: one step, reward -||a - obs||^2, optimum 0; a random policy averages about -1.4."""
+    agent = SAC("policyopt/Target-v0", seed=0, learning_rate=3e-3, **{**SMALL, "hidden_sizes": (64, 64)})
+    agent.learn(1_500, progress=False)
+    assert np.mean(agent.evaluate(50)) > -0.05
+
+
+def test_discrete_learns_bandit():
+    """Q -> (0, 1); with a low entropy target (0.2 * log 2) alpha falls and pi(a=1) -> softmax(Q / alpha)_1 ~ 1."""
+    agent = SAC("policyopt/Bandit-v0", seed=0, learning_rate=3e-3, target_entropy_scale=0.2, **SMALL)
+    agent.learn(600, progress=False)
+    with torch.no_grad():
+        probs = agent.actor.dist(torch.ones(1, 1)).probs[0]
+        q = agent.critic(torch.ones(1, 1))[:, 0]
+    assert probs[1] > 0.9
+    torch.testing.assert_close(q, torch.tensor([[0.0, 1.0], [0.0, 1.0]]), atol=0.1, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_solves_pendulum_in_20k_steps(seed):
+    agent = SAC("Pendulum-v1", seed=seed)
+    agent.learn(20_000, progress=False)
+    assert np.mean(agent.evaluate(20)) >= -200
