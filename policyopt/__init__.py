@@ -16,7 +16,16 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+_EXPORTS = {
+    "PPO": "policyopt.algos.ppo",
+    "ValueIteration": "policyopt.algos.tabular.agents",
+    "PolicyIteration": "policyopt.algos.tabular.agents",
+    "MCControl": "policyopt.algos.tabular.agents",
+    "SARSA": "policyopt.algos.tabular.agents",
+    "ExpectedSARSA": "policyopt.algos.tabular.agents",
+    "QLearning": "policyopt.algos.tabular.agents",
+    "FiniteMDP": "policyopt.algos.tabular.mdp",
+}
 
 
 def __getattr__(name: str) -> Any:

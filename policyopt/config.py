@@ -74,6 +74,12 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "target_network_frequency": (">= 1", lambda v: v >= 1),
     "train_frequency": (">= 1", lambda v: v >= 1),
     "gradient_steps": (">= 1", lambda v: v >= 1),
+    "log_interval": (">= 1", lambda v: v >= 1),
+    "exploration_fraction": ("in (0, 1]", _between(0, 1, True, False)),
+    "start_e": ("in [0, 1]", _between(0, 1, False, False)),
+    "end_e": ("in [0, 1]", _between(0, 1, False, False)),
+    "theta": ("> 0", lambda v: v > 0),
+    "max_episode_steps": (">= 1", lambda v: v >= 1),
 }
 
 
