@@ -17,6 +17,13 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ValueIteration": "policyopt.algos.tabular.agents",
+    "PolicyIteration": "policyopt.algos.tabular.agents",
+    "MCControl": "policyopt.algos.tabular.agents",
+    "SARSA": "policyopt.algos.tabular.agents",
+    "ExpectedSARSA": "policyopt.algos.tabular.agents",
+    "QLearning": "policyopt.algos.tabular.agents",
+    "FiniteMDP": "policyopt.algos.tabular.mdp",
     "REINFORCE": "policyopt.algos.reinforce",
     "A2C": "policyopt.algos.a2c",
     "NPG": "policyopt.algos.npg",

@@ -139,6 +139,9 @@ class Agent:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def save_artifacts(self, run_dir: Path) -> None:
+        """Extra files a finished training run leaves beside ``model.pt`` (none by default)."""
+
     # --- shared helpers for algorithms ---------------------------------------------------
     @property
     def progress(self) -> float:

@@ -123,6 +123,8 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "noise_clip": (">= 0", lambda v: v >= 0),
     "alpha": ("> 0", lambda v: v > 0),
     "target_entropy_scale": ("in (0, 1]", _between(0, 1, True, False)),
+    "theta": ("> 0", lambda v: v > 0),
+    "max_episode_steps": (">= 1", lambda v: v >= 1),
 }
 
 

@@ -4,6 +4,7 @@ overestimation diagnostic of off-policy critics."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,21 @@ import torch
 def evaluate_agent(
     agent: Any, episodes: int, *, seed: int | None = None, deterministic: bool = True, video_dir: str | Path | None = None
 ) -> list[float]:
-    """Run ``episodes`` episodes with ``agent.act`` and return their undiscounted returns.
+    """Run ``episodes`` episodes with ``agent.act`` and return their undiscounted returns (see ``run_episodes``)."""
+
+    @torch.no_grad()
+    def policy(obs: Any) -> Any:
+        obs_t = agent.normalize(torch.as_tensor(obs, device=agent.device).unsqueeze(0))
+        action, _ = agent.act(obs_t, deterministic=deterministic)
+        return agent.to_env(action)[0]
+
+    return run_episodes(agent, policy, episodes, seed=seed, video_dir=video_dir)
+
+
+def run_episodes(
+    agent: Any, policy: Callable[[Any], Any], episodes: int, *, seed: int | None = None, video_dir: str | Path | None = None
+) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes of ``policy(obs) -> action`` on ``agent.make_eval_env()``.
 
     Episode ``i`` is seeded ``seed + i`` (``seed`` defaults to the agent's seed + 10_000, so
     evaluation never reuses a training episode's seed).
@@ -30,10 +45,7 @@ def evaluate_agent(
             obs, _ = env.reset(seed=base_seed + i)
             total, done = 0.0, False
             while not done:
-                with torch.no_grad():
-                    obs_t = agent.normalize(torch.as_tensor(obs, device=agent.device).unsqueeze(0))
-                    action, _ = agent.act(obs_t, deterministic=deterministic)
-                obs, reward, terminated, truncated, _ = env.step(agent.to_env(action)[0])
+                obs, reward, terminated, truncated, _ = env.step(policy(obs))
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)

@@ -410,6 +410,7 @@ def train(
         if ckpts is not None:
             ckpts.save(agent.global_step, training_payload(agent))
             agent.save(run_dir / "model.pt")
+            agent.save_artifacts(run_dir)
     finally:
         bar.close()
         logger.close()

@@ -12,6 +12,12 @@ from policyopt.config import ConfigError
 # The order is the order of `policyopt list`: tabular, on-policy, off-policy, distributed.
 ALGORITHMS: dict[str, tuple[str, str, str]] = {
     # tabular
+    "value-iteration": ("policyopt.algos.tabular.agents", "ValueIteration", "Value iteration on a known finite MDP (tabular DP)"),
+    "policy-iteration": ("policyopt.algos.tabular.agents", "PolicyIteration", "Policy iteration, exact or modified (tabular DP)"),
+    "mc-control": ("policyopt.algos.tabular.agents", "MCControl", "On-policy Monte-Carlo control, epsilon-greedy (tabular)"),
+    "sarsa": ("policyopt.algos.tabular.agents", "SARSA", "SARSA, on-policy TD control (tabular)"),
+    "expected-sarsa": ("policyopt.algos.tabular.agents", "ExpectedSARSA", "Expected SARSA, TD control (tabular)"),
+    "q-learning": ("policyopt.algos.tabular.agents", "QLearning", "Q-learning, off-policy TD control (tabular)"),
     # on-policy
     "reinforce": ("policyopt.algos.reinforce", "REINFORCE", "Monte-Carlo policy gradient (reward-to-go, none/mean/value/optimal baseline)"),
     "a2c": ("policyopt.algos.a2c", "A2C", "Synchronous advantage actor-critic (n-step or GAE)"),

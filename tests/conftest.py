@@ -1,7 +1,9 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads: small solves (tabular DP) are fastest on one thread
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
