@@ -16,7 +16,7 @@ from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* te
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PPO": "policyopt.algos.ppo"}
+_EXPORTS = {"PPO": "policyopt.algos.ppo", "IMPALA": "policyopt.algos.impala"}
 
 
 def __getattr__(name: str) -> Any:

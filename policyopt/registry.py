@@ -16,6 +16,7 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "ppo": ("policyopt.algos.ppo", "PPO", "Proximal Policy Optimization (clip, adaptive/fixed KL, none)"),
     # off-policy
     # distributed
+    "impala": ("policyopt.algos.impala", "IMPALA", "IMPALA: asynchronous actors on Ray, V-trace off-policy correction"),
 }
 
 
