@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -175,6 +176,20 @@ class ActorCritic(nn.Module):
                 self.critic = layer_init(nn.Linear(feat, 1), gain=1.0, ortho=ortho_init)
             else:
                 self.critic = mlp(obs_dim, hidden_sizes, 1, activation, out_gain=1.0, ortho_init=ortho_init)
+
+    @classmethod
+    def from_config(cls, obs_dim: int, action_space: gym.Space, config: Any, **overrides: Any) -> ActorCritic:
+        """Built from the fields an algorithm config shares: hidden_sizes, activation, policy,
+        log_std_init, ortho_init and (where the config has it) shared_network; ``overrides`` win."""
+        kwargs = dict(
+            hidden_sizes=config.hidden_sizes,
+            activation=config.activation,
+            policy=config.policy,
+            shared=getattr(config, "shared_network", False),
+            log_std_init=config.log_std_init,
+            ortho_init=config.ortho_init,
+        )
+        return cls(obs_dim, action_space, **{**kwargs, **overrides})
 
     def dist(self, obs: Tensor) -> Distribution:
         return self.actor_head(self.actor_body(obs))
