@@ -35,6 +35,7 @@ _EXPORTS = {
     "DDPG": "policyopt.algos.ddpg",
     "TD3": "policyopt.algos.td3",
     "SAC": "policyopt.algos.sac",
+    "IMPALA": "policyopt.algos.impala",
 }
 
 

@@ -10,6 +10,8 @@ loss functions, and a subclass of ``Agent`` that fills in four methods:
   the returned metrics are what gets logged.
 - optionally ``value(obs)`` (on-policy bootstrapping) and ``extra_state``/``load_extra_state``
   for state that is not in a module or optimizer (e.g. an adaptive KL coefficient).
+- optionally ``make_runner()``, for an algorithm with a training loop of its own (IMPALA's
+  asynchronous learner); ``loops.train`` then drives that runner instead of the one ``loop`` names.
 
 This class supplies the rest: config resolution (defaults, presets, overrides, validation),
 environment spaces, seeding, ``learn``, ``predict``, ``evaluate``, ``save``/``load``.
@@ -185,6 +187,12 @@ class Agent:
         train(self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback)
         return self
 
+    def close(self) -> None:
+        """Release what training holds (envs, Ray rollout workers); a later ``learn`` starts afresh."""
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
     def _obs_tensor(self, obs: Any) -> Tensor:
         arr = np.asarray(obs)
         if self.spaces.discrete_obs:
@@ -246,12 +254,21 @@ class Agent:
     def from_state(cls, state: dict[str, Any], *, env: EnvLike | None = None, device: str | torch.device = "cpu") -> Agent:
         if state.get("algo") != cls.name:
             raise checkpoint.CheckpointError(f"checkpoint holds a {state.get('algo')!r} agent, not {cls.name!r}")
-        agent = cls.__new__(cls)
         spaces = EnvSpaces.from_dict(json.loads(state["spaces"]))
         config = build_config(cls.Config, json.loads(state["config"]))
-        agent.suggested_steps = None
-        agent._setup(env or state["env_id"], config, state["seed"], device, spaces)
+        agent = cls.rebuild(env or state["env_id"], config, spaces, state["seed"], device)
         agent.load_state_dict(state)
+        return agent
+
+    @classmethod
+    def rebuild(cls, env: EnvLike, config: Any, spaces: EnvSpaces, seed: int, device: str | torch.device = "cpu") -> Agent:
+        """A fresh agent from a ``Config`` object taken as is (no preset, no re-validation).
+
+        Used to load checkpoints, and by rollout workers to build their copy of the learner's agent.
+        """
+        agent = cls.__new__(cls)
+        agent.suggested_steps = None
+        agent._setup(env, config, seed, device, spaces)
         return agent
 
     def save(self, path: str | Path) -> Path:

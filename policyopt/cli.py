@@ -1,4 +1,4 @@
-"""The ``policyopt`` command: list, train, eval, plot.
+"""The ``policyopt`` command: list, train, eval, plot, sweep.
 
 Exit codes: 0 on success, 2 on bad input (one line on stderr starting with ``error:``),
 1 on a failure during training, 128 + signal number when interrupted (after a checkpoint).
@@ -60,6 +60,9 @@ def build_parser() -> Parser:
     p_train.add_argument("--eval-episodes", type=_int, default=20, help="evaluation episodes after training")
     p_train.add_argument("--checkpoint-every", type=_int, default=None, help="steps between checkpoints")
     p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_train.add_argument("--workers", type=_int, default=None,
+                         help="Ray rollout worker processes (sets workers; IMPALA's actors, or distributed on-policy sampling)")
+    p_train.add_argument("--ray-address", default=None, help="Ray instance to join (default: start a local one)")
 
     p_eval = sub.add_parser("eval", help="evaluate a trained run")
     p_eval.add_argument("run_dir")
@@ -73,6 +76,11 @@ def build_parser() -> Parser:
     p_plot.add_argument("-o", "--output", default="curve.png")
     p_plot.add_argument("--metric", default="rollout/ep_return", help="column of metrics.csv to plot")
     p_plot.add_argument("--smooth", type=_int, default=1, help="moving-average window (rows)")
+
+    p_sweep = sub.add_parser("sweep", help="grid or random search over configs and seeds, as Ray tasks")
+    p_sweep.add_argument("config", help="sweep YAML: algo, env, steps, seeds, grid or random + trials (see policyopt.sweep)")
+    p_sweep.add_argument("--out", default=None, help="output directory (default sweeps/<name>__<timestamp>)")
+    p_sweep.add_argument("--address", default=None, help="Ray cluster to join (overrides the file's address)")
     return parser
 
 
@@ -123,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         agent = resume(args.resume, total_steps=args.steps, progress=not args.no_progress, device=args.device)
+        agent.close()
         run_dir = Path(args.resume)
     else:
         cls = registry.get_algorithm(args.algo)
@@ -133,13 +142,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.update(parse_set(args.overrides))
         if args.num_envs is not None:
             overrides["num_envs"] = args.num_envs
+        if args.workers is not None:
+            overrides["workers"] = args.workers
+        if args.ray_address is not None:
+            overrides["ray_address"] = args.ray_address
         if args.steps is not None and args.steps <= 0:
             raise ConfigError(f"--steps must be > 0, got {args.steps}")
         agent = cls(env_id, seed=args.seed, device=args.device, preset=not args.no_preset, config=overrides)
         steps = args.steps or agent.suggested_steps or FALLBACK_STEPS
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(env_id, cls.name, args.seed)
         print(f"training {cls.name} on {env_id} for {steps} steps, seed {args.seed} -> {run_dir}")
-        agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+        try:
+            agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+        finally:
+            agent.close()
     if args.eval_episodes > 0:
         summary = _print_eval(agent.evaluate(args.eval_episodes))
         (run_dir / "eval.json").write_text(json.dumps({"episodes": args.eval_episodes, **summary}))
@@ -183,7 +199,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from policyopt.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.config)
+    out = Path(args.out) if args.out else Path("sweeps") / f"{sweep.name}__{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"sweep {sweep.name}: {sweep.algo} on {sweep.env}, seeds {sweep.seeds} -> {out}")
+    rows = run_sweep(sweep, out, address=args.address)
+    print(f"wrote {out / 'summary.md'}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
-            raise UsageError("choose a command: list, train, eval, plot")
+            raise UsageError("choose a command: list, train, eval, plot, sweep")
         return COMMANDS[args.command](args)
     except (UsageError, *BAD_INPUT) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,6 +36,8 @@ class EnvConfig:
     async_envs: bool = False  # step envs in subprocesses (gymnasium AsyncVectorEnv)
     flatten_obs: bool = False  # flatten Dict/Tuple observation spaces
     normalize_obs: bool = False  # running mean/std observation normalization
+    workers: int = 0  # Ray rollout worker processes; 0 samples in this process (on-policy algorithms)
+    ray_address: str | None = None  # Ray instance to join; None starts a local one when workers > 0
 
     def check(self) -> list[str]:
         """Cross-field constraints of the algorithm; a list of one-line problems."""
@@ -85,6 +87,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "ent_coef": (">= 0", lambda v: v >= 0),
     "vf_coef": (">= 0", lambda v: v >= 0),
     "num_envs": (">= 1", lambda v: v >= 1),
+    "workers": (">= 0", lambda v: v >= 0),
     "num_steps": (">= 1", lambda v: v >= 1),
     "batch_size": (">= 1", lambda v: v >= 1),
     "buffer_size": (">= 1", lambda v: v >= 1),

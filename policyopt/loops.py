@@ -9,8 +9,11 @@ Two runners drive every deep algorithm:
   random actions before ``learning_starts``), then run ``gradient_steps`` updates on sampled
   batches every ``train_frequency`` iterations.
 
-``train`` wraps either with the logger, the progress bar, periodic checkpoints, SIGINT/SIGTERM
-handling (a final checkpoint, then ``TrainingInterrupted``) and non-finite guards.
+With ``workers > 0`` an on-policy agent samples through Ray rollout workers instead
+(``policyopt.distributed``); an algorithm with a loop of its own (IMPALA) brings its runner
+through ``agent.make_runner()``. ``train`` wraps any runner with the logger, the progress bar,
+periodic checkpoints, SIGINT/SIGTERM handling (a final checkpoint, then
+``TrainingInterrupted``) and non-finite guards.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from torch import Tensor
 
 from policyopt import checkpoint
 from policyopt.agent import set_rng_state
-from policyopt.config import to_dict
+from policyopt.config import ConfigError, to_dict
 from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
@@ -76,6 +79,11 @@ class EpisodeStats:
             self.finished_lengths += self.len[idx].tolist()
             self.ret[idx] = 0.0
             self.len[idx] = 0
+
+    def extend(self, returns: list[float], lengths: list[int]) -> None:
+        """Add episodes that finished elsewhere (in a rollout worker)."""
+        self.finished_returns += returns
+        self.finished_lengths += lengths
 
     def pop(self) -> tuple[list[float], list[int]]:
         out = (self.finished_returns, self.finished_lengths)
@@ -136,12 +144,30 @@ def _tensor(x: np.ndarray, device: torch.device) -> Tensor:
     return torch.as_tensor(x, device=device)
 
 
-class OnPolicyRunner:
-    """Rollout of ``num_steps`` per env, then one ``agent.update(buffer)``."""
+def timed_update(agent: Agent, collect: Any) -> dict[str, Any]:
+    """``collect()`` a rollout buffer, then one ``agent.update`` on it; the metrics with both timings."""
+    t0 = time.perf_counter()
+    buffer = collect()
+    t1 = time.perf_counter()
+    metrics = dict(agent.update(buffer))
+    agent.num_updates += 1
+    metrics["time/rollout_s"] = t1 - t0
+    metrics["time/update_s"] = time.perf_counter() - t1
+    return metrics
 
-    def __init__(self, agent: Agent):
+
+class OnPolicyRunner:
+    """Rollout of ``num_steps`` per env, then one ``agent.update(buffer)``.
+
+    ``store_next_obs`` adds the field ``next_obs``: the real ``s_{t+1}`` of every step (the final
+    observation where an episode ended), for a learner that recomputes values with newer
+    parameters than the ones that acted (IMPALA).
+    """
+
+    def __init__(self, agent: Agent, *, store_next_obs: bool = False):
         cfg = agent.config
         self.agent = agent
+        self.store_next_obs = store_next_obs
         self.collector = Collector(agent)
         self.buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, agent.device)
         self.reward_scaler = (
@@ -150,7 +176,7 @@ class OnPolicyRunner:
         self.obs: Tensor | None = None  # normalized current observation, set by the first collect()
 
     @torch.no_grad()
-    def collect(self) -> None:
+    def collect(self) -> RolloutBuffer:
         agent, buf, device = self.agent, self.buffer, self.agent.device
         buf.reset()
         if self.obs is None:  # first rollout: the reset observation enters the normalizer once
@@ -168,6 +194,8 @@ class OnPolicyRunner:
                 idx = np.flatnonzero(step.truncated)
                 final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], device)))
             next_obs = agent.normalize(_tensor(step.obs, device), update=True)
+            if self.store_next_obs:
+                extras["next_obs"] = agent.normalize(_tensor(step.final_obs, device))
             buf.add(
                 obs=obs, action=action, reward=reward, terminated=_tensor(step.terminated, device), done=done,
                 final_value=final_value, **extras,
@@ -176,16 +204,13 @@ class OnPolicyRunner:
             agent.global_step += len(step.reward)
         self.obs = obs
         buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
+        return buf
 
     def iterate(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        self.collect()
-        t1 = time.perf_counter()
-        metrics = dict(self.agent.update(self.buffer))
-        self.agent.num_updates += 1
-        metrics["time/rollout_s"] = t1 - t0
-        metrics["time/update_s"] = time.perf_counter() - t1
-        return metrics
+        return timed_update(self.agent, self.collect)
+
+    def close(self) -> None:
+        self.collector.close()
 
     def state_dict(self) -> dict[str, Any]:
         scaler = self.reward_scaler.state_dict() if self.reward_scaler is not None else None
@@ -290,6 +315,9 @@ class OffPolicyRunner:
             return False
         return step // every != (step - self.agent.config.num_envs) // every
 
+    def close(self) -> None:
+        self.collector.close()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "collector": self.collector.state_dict(),
@@ -311,6 +339,17 @@ RUNNERS = {"on_policy": OnPolicyRunner, "off_policy": OffPolicyRunner}
 
 
 def make_runner(agent: Agent):
+    """The agent's own runner if it has one, else Ray rollout workers when ``workers > 0``, else ``RUNNERS[agent.loop]``."""
+    own = getattr(agent, "make_runner", None)
+    if own is not None:
+        return own()
+    workers = getattr(agent.config, "workers", 0)
+    if workers:
+        if agent.loop != "on_policy":
+            raise ConfigError(f"{agent.name} cannot sample through rollout workers (workers={workers}); only on-policy algorithms can")
+        from policyopt.distributed.runners import DistributedOnPolicyRunner
+
+        return DistributedOnPolicyRunner(agent)
     return RUNNERS[agent.loop](agent)
 
 

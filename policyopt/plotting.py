@@ -46,20 +46,30 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
-def plot_runs(run_dirs: list[str | Path], output: str | Path, metric: str = "rollout/ep_return", smooth_window: int = 1) -> Path:
-    """Plot ``metric`` against steps; runs with the same algo and env are averaged (mean +- std)."""
+def plot_runs(
+    run_dirs: list[str | Path],
+    output: str | Path,
+    metric: str = "rollout/ep_return",
+    smooth_window: int = 1,
+    labels: list[str] | None = None,
+) -> Path:
+    """Plot ``metric`` against steps; runs with the same label are averaged (mean +- std).
+
+    The label of a run is ``labels[i]`` if given (a sweep labels runs by config), else its algo and env.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-    for run in map(Path, run_dirs):
+    runs = [Path(r) for r in run_dirs]
+    for run, label in zip(runs, labels or [None] * len(runs), strict=True):
         if not run.is_dir():
             raise ConfigError(f"run directory {run} does not exist")
         steps, values = read_metric(run, metric)
         if len(steps):
-            groups[run_label(run)].append((steps, smooth(values, smooth_window)))
+            groups[label or run_label(run)].append((steps, smooth(values, smooth_window)))
     if not groups:
         raise ConfigError(f"no run has values for {metric!r}")
     fig, ax = plt.subplots(figsize=(7, 4.5))

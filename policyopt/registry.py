@@ -32,6 +32,7 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "td3": ("policyopt.algos.td3", "TD3", "Twin Delayed DDPG (clipped double-Q, delayed updates, target smoothing)"),
     "sac": ("policyopt.algos.sac", "SAC", "Soft Actor-Critic (Box: squashed Gaussian; Discrete: Christodoulou 2019)"),
     # distributed
+    "impala": ("policyopt.algos.impala", "IMPALA", "IMPALA: asynchronous actors on Ray, V-trace off-policy correction"),
 }
 
 

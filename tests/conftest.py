@@ -15,3 +15,13 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test marked ``ray`` (starting one takes seconds)."""
+    from policyopt.distributed import connect
+
+    ray = connect(num_cpus=2)
+    yield ray
+    ray.shutdown()

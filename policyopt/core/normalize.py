@@ -22,15 +22,32 @@ class RunningMeanStd(nn.Module):
     @torch.no_grad()
     def update(self, batch: Tensor) -> None:
         batch = batch.to(torch.float64)
-        batch_mean = batch.mean(0)
-        batch_var = batch.var(0, unbiased=False)
-        n = batch.shape[0]
+        self.combine(batch.mean(0), batch.var(0, unbiased=False), batch.shape[0])
+
+    @torch.no_grad()
+    def combine(self, batch_mean: Tensor, batch_var: Tensor, n: float | Tensor) -> None:
+        """Merge the moments of ``n`` more samples (mean, biased variance) into these."""
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean += delta * n / total
         m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
         self.var.copy_(m2 / total)
         self.count.copy_(total)
+
+    @torch.no_grad()
+    def added_since(self, earlier: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, var, n) of the samples merged in since ``earlier`` (a ``state_dict``): ``combine`` inverted.
+
+        A rollout worker starts from the learner's statistics and reports only what it added,
+        so the learner's normalizer counts every observation once, whatever the number of workers.
+        """
+        n = self.count - earlier["count"]
+        if n <= 0:
+            return torch.zeros_like(self.mean), torch.zeros_like(self.var), torch.zeros_like(n)
+        batch_mean = (self.mean * self.count - earlier["mean"] * earlier["count"]) / n
+        delta = batch_mean - earlier["mean"]
+        m2 = self.var * self.count - earlier["var"] * earlier["count"] - delta.pow(2) * earlier["count"] * n / self.count
+        return batch_mean, (m2 / n).clamp(min=0.0), n
 
 
 class ObsNormalizer(nn.Module):

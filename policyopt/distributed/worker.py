@@ -1,0 +1,99 @@
+"""Rollout workers: processes that act with a copy of the learner's policy in their own envs.
+
+A worker rebuilds the learner's agent in its own process from an ``AgentSpec`` and runs an
+``OnPolicyRunner`` on its own ``VecEnv``. Each ``sample(weights)`` loads the weights it is
+sent, collects one rollout of ``num_steps x num_envs`` transitions exactly as the
+single-machine runner does (same fields: obs, action, reward, terminated, done, final_value,
+next_value and the extras of ``agent.act``, i.e. the behaviour policy's ``logp``), and returns
+it with the episodes that finished and the observation statistics it gathered.
+
+``RolloutWorker`` is a plain class; ``pool.WorkerPool`` turns it into a Ray actor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from policyopt.envs.vector import EnvLike, EnvSpaces
+from policyopt.loops import OnPolicyRunner
+
+if TYPE_CHECKING:
+    from policyopt.agent import Agent
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What a worker needs to rebuild the learner's agent: its class, env, config and spaces."""
+
+    cls: type
+    env: EnvLike
+    config: Any
+    spaces: EnvSpaces
+
+    @classmethod
+    def of(cls, agent: Agent, **config_changes: Any) -> AgentSpec:
+        return cls(type(agent), agent.env, replace(agent.config, **config_changes), agent.spaces)
+
+    def build(self, seed: int) -> Agent:
+        return self.cls.rebuild(self.env, self.config, self.spaces, seed)
+
+
+def worker_seed(seed: int, generation: int, index: int, restarts: int) -> int:
+    """A distinct env/sampling seed for worker ``index`` after ``restarts`` replacements.
+
+    ``generation`` (the global step when the pool started) keeps a resumed run from replaying
+    the episodes of its first start.
+    """
+    return int(np.random.SeedSequence([seed, generation, index, restarts]).generate_state(1)[0])
+
+
+def policy_weights(agent: Agent) -> dict[str, Any]:
+    """What acting needs from the learner: network parameters and observation statistics."""
+    norm = agent.obs_normalizer.state_dict() if agent.obs_normalizer is not None else None
+    return {"nets": agent.nets.state_dict(), "obs_normalizer": norm}
+
+
+@dataclass
+class Sample:
+    """One rollout from a worker; ``index`` and ``version`` (the learner update whose weights acted) are set by the pool."""
+
+    data: dict[str, Tensor]  # RolloutBuffer fields, time-major [num_steps, num_envs, ...]
+    returns: list[float]
+    lengths: list[int]
+    obs_moments: tuple[Tensor, Tensor, Tensor] | None  # (mean, var, n) of the observations seen
+    index: int = -1
+    version: int = -1
+    num_steps: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_steps = int(self.data["reward"].numel())
+
+
+class RolloutWorker:
+    """A copy of the agent acting in its own vector env; run as a Ray actor by ``WorkerPool``."""
+
+    def __init__(self, spec: AgentSpec, seed: int, store_next_obs: bool = False):
+        torch.set_num_threads(1)  # one core per worker; the learner has its own
+        self.agent = spec.build(seed)
+        self.runner = OnPolicyRunner(self.agent, store_next_obs=store_next_obs)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    @torch.no_grad()
+    def sample(self, weights: dict[str, Any]) -> Sample:
+        agent = self.agent
+        agent.nets.load_state_dict(weights["nets"])
+        if agent.obs_normalizer is not None:
+            agent.obs_normalizer.load_state_dict(weights["obs_normalizer"])
+            before = {k: v.clone() for k, v in agent.obs_normalizer.rms.state_dict().items()}
+        buffer = self.runner.collect()
+        returns, lengths = self.runner.collector.stats.pop()
+        moments = agent.obs_normalizer.rms.added_since(before) if agent.obs_normalizer is not None else None
+        return Sample(dict(buffer.data), returns, lengths, moments)

@@ -1,0 +1,147 @@
+"""Distributed sampling on Ray: rollout workers, the pool's restarts, on-policy sampling through workers.
+
+Tests marked ``ray`` start a local Ray instance (``-m "not ray"`` skips them); the others
+check the pieces that run without Ray.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from policyopt.algos.ppo import PPO
+from policyopt.config import ConfigError
+from policyopt.core.normalize import RunningMeanStd
+from policyopt.distributed.worker import AgentSpec, RolloutWorker, policy_weights, worker_seed
+from policyopt.loops import OnPolicyRunner
+
+SMALL = dict(num_envs=4, num_steps=32, batch_size=64, update_epochs=2)
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_single_machine_path_never_imports_ray():
+    out = run_python(
+        "import sys, policyopt, policyopt.cli, policyopt.sweep, policyopt.distributed.runners\n"
+        "from policyopt import PPO, IMPALA\n"
+        "PPO('CartPole-v1', preset=False, num_envs=2, num_steps=16, batch_size=32).learn(64, progress=False)\n"
+        "IMPALA('CartPole-v1')\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_missing_ray_is_one_error_line_with_the_install_command():
+    out = run_python(
+        "import sys; sys.modules['ray'] = None  # as if Ray were not installed\n"
+        "from policyopt.cli import main\n"
+        "sys.exit(main(['train', 'impala', '--steps', '100', '--no-progress', '--run-dir', '/tmp/never']))\n"
+    )
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "pip install 'policyopt[ray]'" in err[0], err
+
+
+def test_added_since_recovers_the_moments_a_worker_added():
+    data = torch.randn(500, 3, dtype=torch.float64) * torch.tensor([1.0, 4.0, 0.2]) + torch.tensor([1.0, -2.0, 0.5])
+    learner, worker = RunningMeanStd((3,)), RunningMeanStd((3,))
+    learner.update(data[:300])
+    worker.load_state_dict(learner.state_dict())
+    before = {k: v.clone() for k, v in worker.state_dict().items()}
+    for chunk in data[300:].split(37):
+        worker.update(chunk)
+    mean, var, n = worker.added_since(before)
+    assert n.item() == pytest.approx(200)
+    torch.testing.assert_close(mean, data[300:].mean(0))
+    torch.testing.assert_close(var, data[300:].var(0, unbiased=False))
+    learner.combine(mean, var, n)
+    torch.testing.assert_close(learner.mean, worker.mean)
+    torch.testing.assert_close(learner.var, worker.var)
+
+
+def test_worker_seeds_differ_by_index_restart_and_generation():
+    seeds = {worker_seed(0, g, i, r) for g in (0, 5000) for i in range(4) for r in range(3)}
+    assert len(seeds) == 24
+    assert worker_seed(3, 0, 1, 2) == worker_seed(3, 0, 1, 2)
+
+
+def test_worker_fills_the_same_buffer_fields_as_the_single_machine_runner():
+    """The worker is a plain class (Ray makes it an actor): run it in this process."""
+    agent = PPO("CartPole-v1", seed=0, preset=False, normalize_obs=True, **SMALL)
+    local = OnPolicyRunner(agent).collect()
+    worker = RolloutWorker(AgentSpec.of(agent, num_envs=2, workers=0), seed=1)
+    sample = worker.sample(policy_weights(agent))
+    assert set(sample.data) == set(local.data)
+    for name, value in sample.data.items():
+        assert value.shape == (32, 2, *local[name].shape[2:]), name
+        assert value.dtype == local[name].dtype, name
+    assert sample.num_steps == 64
+    # the worker acted with the learner's weights: its logp and values are the learner's
+    with torch.no_grad():
+        dist, value = agent.policy.dist_and_value(sample.data["obs"])
+    torch.testing.assert_close(dist.log_prob(sample.data["action"]), sample.data["logp"])
+    torch.testing.assert_close(value, sample.data["value"])
+    mean, var, n = sample.obs_moments
+    assert n.item() == pytest.approx(2 * 33)  # the reset observations, then 32 steps of 2 envs
+
+
+@pytest.mark.ray
+def test_distributed_ppo_fills_the_same_buffer_and_learns(ray_session):
+    agent = PPO("CartPole-v1", seed=0, workers=2, normalize_obs=True, num_envs=8)
+    logged = []
+    try:
+        agent.learn(30_000, progress=False, callback=lambda a, m: logged.append(m))
+        runner = agent.runner
+        assert type(runner).__name__ == "DistributedOnPolicyRunner"
+        buf = runner.buffer
+        assert buf["obs"].shape == (32, 8, 4) and buf["logp"].shape == (32, 8) and buf["next_value"].shape == (32, 8)
+        # every observation the workers saw entered the learner's normalizer once
+        iterations = agent.global_step // (32 * 8)
+        expected = 1e-4 + 8 * (1 + 32 * iterations)
+        assert agent.obs_normalizer.rms.count.item() == pytest.approx(expected)
+        assert all(m["diag/worker_restarts"] == 0 for m in logged)
+        returns = [m["rollout/ep_return"] for m in logged if "rollout/ep_return" in m]
+        assert np.mean(returns[-5:]) > 150, returns[-5:]
+    finally:
+        agent.close()
+
+
+@pytest.mark.ray
+def test_workers_must_divide_num_envs(ray_session):
+    agent = PPO("CartPole-v1", seed=0, preset=False, workers=3, **SMALL)
+    with pytest.raises(ConfigError, match="multiple of workers"):
+        agent.learn(128, progress=False)
+
+
+@pytest.mark.ray
+def test_training_survives_a_killed_worker(ray_session):
+    """SIGKILL one of IMPALA's two actor processes (by pid) at 15k of 60k steps: the pool starts a
+    replacement and training finishes with a mean evaluation return >= 150 over 10 episodes
+    (the CartPole preset, without learning-rate decay for this short budget)."""
+    from policyopt.algos.impala import IMPALA
+
+    agent = IMPALA("CartPole-v1", seed=0, workers=2, anneal_lr=False)
+    killed, logged = [], []
+
+    def kill_once(a, metrics):
+        logged.append(metrics)
+        if not killed and a.global_step >= 15_000:
+            killed.append(a.runner.pool.pids()[0])
+            os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        with pytest.warns(UserWarning, match="rollout worker 0 died"):
+            agent.learn(60_000, progress=False, callback=kill_once)
+        assert agent.global_step >= 60_000
+        assert agent.runner.pool.restarts == [1, 0]
+        assert agent.runner.pool.pids()[0] != killed[0]
+    finally:
+        agent.close()
+    assert logged[-1]["diag/worker_restarts"] == 1
+    assert np.mean(agent.evaluate(10)) >= 150
