@@ -1,7 +1,7 @@
-"""Acceptance runs of the off-policy family: train each seed, evaluate 20 deterministic episodes.
+"""Acceptance runs of any algorithm: train each seed, evaluate 20 deterministic episodes.
 
-    python benchmarks/offpolicy_acceptance.py ALGO ENV [--seeds 0 1 2] [--steps N]
-        [--set key=value ...] [--run-root DIR]
+    python benchmarks/acceptance.py ALGO ENV [--seeds 0 1 2] [--steps N]
+        [--set key=value ...] [--run-root DIR] [--save]
 
 Trains with the algorithm's preset for ENV (``policyopt/presets/<algo>.yaml``) plus the
 ``--set`` overrides for ``--steps`` env steps (default: the preset's ``total_steps``), one seed
@@ -12,11 +12,14 @@ where a seed's result is the mean undiscounted return of ``agent.evaluate(20)``.
 With ``--set bias_eval_interval=N`` it also prints, per seed, the critic's overestimation
 (``diag/q_bias``, TD3 paper section 4.1) averaged over all measurements and over the last half.
 With ``--run-root`` every seed writes a run directory there (for ``policyopt plot``).
+With ``--save`` the per-seed lines and the row are appended, with the date and command, to
+``benchmarks/results/acceptance/<algo>.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 import time
 from pathlib import Path
@@ -53,10 +56,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: the preset's total_steps)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run-root", default=None, help="write run directories here")
+    parser.add_argument("--save", action="store_true", help="append the result to benchmarks/results/acceptance/ALGO.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = parse_set(args.overrides)
-    results, budget = [], args.steps
+    results, budget, lines = [], args.steps, []
     for seed in args.seeds:
         t0 = time.perf_counter()
         score, budget, biases = train_seed(args, seed, overrides)
@@ -66,9 +70,21 @@ def main() -> None:
             half = biases[len(biases) // 2 :]
             line += f"; q_bias mean {np.mean(biases):.2f} over {len(biases)} measurements, last half {np.mean(half):.2f}"
         print(line, flush=True)
+        lines.append(line)
     settings = ", ".join(args.overrides) or "preset"
     per_seed = " / ".join(f"{r:.1f}" for r in results)
-    print(f"| {args.algo} | {args.env} | {budget} | {settings} | {per_seed} | {np.mean(results):.1f} | {np.min(results):.1f} |")
+    row = f"| {args.algo} | {args.env} | {budget} | {settings} | {per_seed} | {np.mean(results):.1f} | {np.min(results):.1f} |"
+    print(row)
+    if args.save:
+        save(args.algo, lines, row)
+
+
+def save(algo: str, lines: list[str], row: str) -> None:
+    path = Path(__file__).resolve().parent / "results" / "acceptance" / f"{algo}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python", "benchmarks/acceptance.py", *sys.argv[1:]])
+    with path.open("a") as f:
+        f.write(f"\n{datetime.date.today()}: `{command}`\n\n" + "\n".join(lines) + f"\n\n{row}\n")
 
 
 if __name__ == "__main__":
