@@ -27,7 +27,6 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.distributions import Distribution
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
-from policyopt.core.optim import adam
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -133,7 +132,7 @@ class PPO(Agent):
         ).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.params = list(self.policy.parameters())
-        self.optimizers = {"policy": adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)}
+        self.optimizers = {"policy": torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
