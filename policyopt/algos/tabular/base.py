@@ -157,6 +157,12 @@ class TabularAgent:
     def make_eval_env(self, render_mode: str | None = None) -> gym.Env:
         return self.make_env(render_mode)
 
+    def close(self) -> None:
+        """Release the training env; a later ``learn`` starts a fresh episode."""
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
     # --- user API ---------------------------------------------------------------------------
     def _budget(self, total_steps: int | None) -> int:
         steps = total_steps if total_steps is not None else self.suggested_steps
@@ -303,5 +309,5 @@ class TabularRunner:
         self.collector.load_state_dict(state["collector"])
         self.window.load_state_dict(state["window"])
 
-
-loops.RUNNERS[TabularAgent.loop] = TabularRunner  # loops.resume() rebuilds a checkpointed run's runner from this table
+    def close(self) -> None:
+        self.collector.close()
