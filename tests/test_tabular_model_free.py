@@ -155,3 +155,11 @@ def test_cliff_walking_best_epsilon_greedy_policy_is_the_safe_path():
     up, right, down = 0, 1, 2
     assert soft.policy[36] == soft.policy[24] == up and (soft.policy[12:23] == right).all() and soft.policy[23] == down
     assert mdp.initial @ dp.value_iteration(mdp).values == -13.0
+
+
+def test_q_learning_succeeds_on_slippery_frozen_lake():
+    """Issue 5 acceptance: >= 0.7 success on slippery FrozenLake 4x4 over 1000 greedy episodes
+    (the optimal gamma-0.99 policy succeeds about 0.73 of the time)."""
+    agent = QLearning("FrozenLake-v1", seed=0, config={"log_interval": 10_000}).learn(progress=False)
+    assert agent.global_step == 30_000  # the FrozenLake-v1 preset's budget
+    assert np.mean(agent.evaluate(1000)) >= 0.7
