@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from policyopt import checkpoint
 from policyopt.config import ConfigError, build_config, preset, to_dict, to_json
 from policyopt.core.normalize import ObsNormalizer
+from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
 
 
@@ -98,6 +99,8 @@ class Agent:
         if not isinstance(action_space, self.action_spaces):
             allowed = " or ".join(s.__name__ for s in self.action_spaces)
             raise EnvError(f"{self.name} needs a {allowed} action space; this env's is {action_space}")
+        if getattr(config, "env_backend", "gymnasium") == "torch":
+            check_torch_env(env)
         self.env = env
         self.env_id = env if isinstance(env, str) else None
         self.config = config

@@ -38,6 +38,12 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+THREADS_HELP = (
+    "torch CPU threads (default 1: RL networks are small, and a second thread only adds "
+    "synchronization, which stalls badly when the env or another process holds the other core)"
+)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="policyopt", description="Policy optimization, from value iteration to SAC.")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
@@ -56,6 +62,7 @@ def build_parser() -> Parser:
     p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p_train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p_train.add_argument("--device", default="cpu")
+    p_train.add_argument("--threads", type=_int, default=1, help=THREADS_HELP)
     p_train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     p_train.add_argument("--eval-episodes", type=_int, default=20, help="evaluation episodes after training")
     p_train.add_argument("--checkpoint-every", type=_int, default=None, help="steps between checkpoints")
@@ -70,6 +77,7 @@ def build_parser() -> Parser:
     p_eval.add_argument("--seed", type=_int, default=None, help="seed of the first episode (default: training seed + 10000)")
     p_eval.add_argument("--video", action="store_true", help="record videos to RUN_DIR/videos")
     p_eval.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p_eval.add_argument("--threads", type=_int, default=1, help=THREADS_HELP)
 
     p_plot = sub.add_parser("plot", help="learning curves of one or more runs")
     p_plot.add_argument("run_dirs", nargs="+")
@@ -225,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("choose a command: list, train, eval, plot, sweep")
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
     except (UsageError, *BAD_INPUT) as exc:
         print(f"error: {exc}", file=sys.stderr)

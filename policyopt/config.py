@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,9 @@ class EnvConfig:
     async_envs: bool = False  # step envs in subprocesses (gymnasium AsyncVectorEnv)
     flatten_obs: bool = False  # flatten Dict/Tuple observation spaces
     normalize_obs: bool = False  # running mean/std observation normalization
+    # gymnasium: Gymnasium envs stepped on the host; torch: the batched PyTorch version of a
+    # classic-control env (policyopt.envs.torch_envs) stepped on the agent's device (on-policy)
+    env_backend: str = field(default="gymnasium", metadata={"choices": ("gymnasium", "torch")})
     workers: int = 0  # Ray rollout worker processes; 0 samples in this process (on-policy algorithms)
     ray_address: str | None = None  # Ray instance to join; None starts a local one when workers > 0
 
@@ -63,6 +67,11 @@ class OffPolicyConfig(EnvConfig):
     bias_eval_interval: int = 0  # steps between overestimation measurements (diag/q_bias); 0 = off
     bias_eval_episodes: int = 5
 
+    def check(self) -> list[str]:
+        if self.batch_size > self.buffer_size:
+            return [f"batch_size ({self.batch_size}) must be <= buffer_size ({self.buffer_size})"]
+        return []
+
 
 def _between(low: float, high: float, low_open: bool, high_open: bool) -> Callable[[Any], bool]:
     def test(v: Any) -> bool:
@@ -78,6 +87,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "gamma": ("in (0, 1]", _between(0, 1, True, False)),
     "gae_lambda": ("in [0, 1]", _between(0, 1, False, False)),
     "tau": ("in (0, 1]", _between(0, 1, True, False)),
+    "hidden_sizes": ("a list of layer widths >= 1", lambda v: all(width >= 1 for width in v)),
     "learning_rate": ("> 0", lambda v: v > 0),
     "critic_learning_rate": ("> 0", lambda v: v > 0),
     "clip_coef": ("> 0", lambda v: v > 0),
@@ -198,6 +208,8 @@ def validate(config: Any) -> None:
     """Raise ``ConfigError`` naming the first out-of-range field or violated constraint."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
         rule = RANGES.get(f.name)
         if rule is not None and value is not None and not rule[1](value):
             raise ConfigError(f"{f.name} must be {rule[0]}, got {value!r}")

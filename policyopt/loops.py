@@ -99,6 +99,45 @@ class EpisodeStats:
         self.finished_returns, self.finished_lengths = (list(x) for x in state["finished"])
 
 
+class TorchEpisodeStats(EpisodeStats):
+    """``EpisodeStats`` for a ``TorchVecEnv``: running sums stay on the env's device and the
+    finished episodes are read out once per ``pop`` (one host sync per rollout, not per step)."""
+
+    def __init__(self, num_envs: int, device: torch.device):
+        super().__init__(num_envs)
+        self.ret = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self.len = torch.zeros(num_envs, dtype=torch.int64, device=device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []  # (done, return, length) per step
+
+    def record(self, reward: Tensor, done: Tensor) -> None:
+        self.ret += reward
+        self.len += 1
+        self.pending.append((done, self.ret.clone(), self.len.clone()))
+        self.ret.masked_fill_(done, 0.0)
+        self.len.masked_fill_(done, 0)
+
+    def _flush(self) -> None:
+        if self.pending:
+            done, ret, length = (torch.stack(x) for x in zip(*self.pending))
+            self.finished_returns += ret[done].tolist()
+            self.finished_lengths += length[done].tolist()
+            self.pending = []
+
+    def pop(self) -> tuple[list[float], list[int]]:
+        self._flush()
+        return super().pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush()
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.ret.device
+        super().load_state_dict(state)
+        self.ret = torch.tensor(state["ret"], dtype=torch.float64, device=device)
+        self.len = torch.tensor(state["len"], dtype=torch.int64, device=device)
+
+
 class Collector:
     """Owns the vector env of a training run: the current observation and episode statistics."""
 
@@ -109,7 +148,12 @@ class Collector:
         self.raw_obs = self.envs.reset()
         self.stats = EpisodeStats(cfg.num_envs)
 
+    def env_action(self, action: Tensor) -> np.ndarray:
+        """The policy's action as the envs take it (``Agent.to_env``)."""
+        return self.agent.to_env(action)
+
     def step(self, env_action: np.ndarray) -> Step:
+        """One step of every env; non-finite observations or rewards stop training."""
         step = self.envs.step(env_action)
         if not (np.isfinite(step.obs).all() and np.isfinite(step.final_obs).all()):
             raise NonFiniteError(f"non-finite observation from the env at step {self.agent.global_step}")
@@ -140,6 +184,49 @@ class Collector:
         self.envs.close()
 
 
+class TorchCollector(Collector):
+    """``Collector`` over a batched ``TorchVecEnv`` on the agent's device (``env_backend=torch``):
+    actions, observations and rewards stay tensors there, no step goes through the host."""
+
+    def __init__(self, agent: Agent):
+        from policyopt.envs.torch_envs import make_torch_vec_env
+
+        cfg = agent.config
+        self.agent = agent
+        self.envs = make_torch_vec_env(agent.env_id, cfg.num_envs, agent.seed, device=agent.device)
+        self.raw_obs = self.envs.reset()
+        self.stats = TorchEpisodeStats(cfg.num_envs, agent.device)
+        if not agent.discrete:
+            space = agent.action_space
+            self.low = torch.as_tensor(space.low, device=agent.device)
+            self.high = torch.as_tensor(space.high, device=agent.device)
+
+    def env_action(self, action: Tensor) -> Tensor:
+        """Integers, or floats clipped to the Box bounds, as tensors on the device."""
+        return action if self.agent.discrete else torch.clamp(action, self.low, self.high)
+
+    def step(self, env_action: Tensor) -> Step:
+        """No finiteness check per step (it would sync the device): the dynamics are ours."""
+        step = self.envs.step(env_action)
+        self.stats.record(step.reward, step.done)
+        self.raw_obs = step.obs
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"envs": self.envs.snapshot, "obs": self.raw_obs.cpu(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stats.load_state_dict(state["stats"])
+        self.envs.snapshot = state["envs"]
+        self.raw_obs = state["obs"].to(self.agent.device)
+
+
+def make_collector(agent: Agent) -> Collector:
+    if agent.config.env_backend == "torch":
+        return TorchCollector(agent)
+    return Collector(agent)
+
+
 def _tensor(x: np.ndarray, device: torch.device) -> Tensor:
     return torch.as_tensor(x, device=device)
 
@@ -168,7 +255,7 @@ class OnPolicyRunner:
         cfg = agent.config
         self.agent = agent
         self.store_next_obs = store_next_obs
-        self.collector = Collector(agent)
+        self.collector = make_collector(agent)
         self.buffer = RolloutBuffer(cfg.num_steps, cfg.num_envs, agent.device)
         self.reward_scaler = (
             RewardScaler(cfg.num_envs, cfg.gamma).to(agent.device) if getattr(cfg, "normalize_reward", False) else None
@@ -184,15 +271,12 @@ class OnPolicyRunner:
         obs = self.obs
         for _ in range(buf.num_steps):
             action, extras = agent.act(obs)
-            step = self.collector.step(agent.to_env(action))
+            step = self.collector.step(self.collector.env_action(action))
             reward = _tensor(step.reward, device)
             done = _tensor(step.done, device)
             if self.reward_scaler is not None:
                 reward = self.reward_scaler(reward, done)
-            final_value = torch.zeros(len(step.reward), device=device)
-            if step.truncated.any():
-                idx = np.flatnonzero(step.truncated)
-                final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], device)))
+            final_value = self.truncation_values(step)
             next_obs = agent.normalize(_tensor(step.obs, device), update=True)
             if self.store_next_obs:
                 extras["next_obs"] = agent.normalize(_tensor(step.final_obs, device))
@@ -205,6 +289,18 @@ class OnPolicyRunner:
         self.obs = obs
         buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
         return buf
+
+    def truncation_values(self, step: Step) -> Tensor:
+        """V(final_obs) where the time limit cut an episode (bootstrapped there), 0 elsewhere."""
+        agent = self.agent
+        if isinstance(step.truncated, Tensor):  # device envs: evaluate all rows, select without a sync
+            values = agent.value(agent.normalize(step.final_obs))
+            return torch.where(step.truncated, values, torch.zeros_like(values))
+        final_value = torch.zeros(len(step.reward), device=agent.device)
+        if step.truncated.any():
+            idx = np.flatnonzero(step.truncated)
+            final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], agent.device)))
+        return final_value
 
     def iterate(self) -> dict[str, Any]:
         return timed_update(self.agent, self.collect)
@@ -343,6 +439,8 @@ def make_runner(agent: Agent):
     own = getattr(agent, "make_runner", None)
     if own is not None:
         return own()
+    if agent.config.env_backend == "torch" and agent.loop != "on_policy":
+        raise ConfigError(f"{agent.name} cannot use env_backend=torch yet; only on-policy algorithms can")
     workers = getattr(agent.config, "workers", 0)
     if workers:
         if agent.loop != "on_policy":

@@ -108,3 +108,10 @@ def test_categorical_sample_frequencies():
     freq = torch.bincount(d.sample(), minlength=3).float() / 20000
     torch.testing.assert_close(freq, probs, atol=0.02, rtol=0)
     assert math.isclose(d.mode()[0].item(), 1)
+
+
+def test_categorical_samples_follow_the_probabilities():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).expand(200_000, 5)
+    counts = torch.bincount(Categorical(logits).sample(), minlength=5).double() / 200_000
+    torch.testing.assert_close(counts, torch.softmax(logits[0].double(), -1), atol=4e-3, rtol=0)

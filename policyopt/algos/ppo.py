@@ -27,6 +27,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.distributions import Distribution
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.optim import adam
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -131,7 +132,8 @@ class PPO(Agent):
             cfg.ortho_init,
         ).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
-        self.optimizers = {"policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)}
+        self.params = list(self.policy.parameters())
+        self.optimizers = {"policy": adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
@@ -197,9 +199,10 @@ class PPO(Agent):
                 v_loss = value_loss(value, data["v_target"][idx], data["value"][idx], vclip)
                 entropy = dist.entropy().mean()
                 loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
-                optimizer.zero_grad(set_to_none=True)
+                for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
+                    p.grad = None
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
                 optimizer.step()
                 sums += torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach(), grad_norm.detach()])
                 steps += 1

@@ -23,6 +23,25 @@ from policyopt.core.distributions import Beta, Categorical, DiagGaussian, Distri
 from policyopt.core.optim import polyak_update, target_copy
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+_FUNCTIONAL = {nn.Tanh: torch.tanh, nn.ReLU: F.relu, nn.ELU: F.elu, nn.SiLU: F.silu}
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` without the module call (~30 us of Python per call on CPU, as much as the
+    matmul itself at RL sizes), unless something hooks the layer (K-FAC reads its inputs)."""
+    if layer._forward_hooks or layer._forward_pre_hooks:
+        return layer(x)
+    return F.linear(x, layer.weight, layer.bias)
+
+
+class MLP(nn.Sequential):
+    """``nn.Sequential`` of ``nn.Linear`` and activation modules, evaluated with functional calls
+    (see ``linear``); same parameters, state_dict and hooks as the plain Sequential."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self:
+            x = linear(layer, x) if isinstance(layer, nn.Linear) else _FUNCTIONAL[type(layer)](x)
+        return x
 
 
 def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0, ortho: bool = True) -> nn.Linear:
@@ -39,7 +58,7 @@ def mlp(
     activation: str = "tanh",
     out_gain: float = 1.0,
     ortho_init: bool = True,
-) -> nn.Sequential:
+) -> MLP:
     """in_dim -> hidden_sizes (each followed by ``activation``) -> out_dim (linear, if given)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
@@ -50,7 +69,7 @@ def mlp(
         last = size
     if out_dim is not None:
         layers.append(layer_init(nn.Linear(last, out_dim), gain=out_gain, ortho=ortho_init))
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 def flat_dim(space: gym.Space) -> int:
@@ -73,7 +92,7 @@ class CategoricalHead(nn.Module):
         self.logits = layer_init(nn.Linear(in_dim, n), gain=0.01, ortho=ortho_init)
 
     def forward(self, features: Tensor) -> Categorical:
-        return Categorical(self.logits(features))
+        return Categorical(linear(self.logits, features))
 
 
 class GaussianHead(nn.Module):
@@ -85,7 +104,7 @@ class GaussianHead(nn.Module):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
 
     def forward(self, features: Tensor) -> DiagGaussian:
-        return DiagGaussian(self.mean(features), self.log_std)
+        return DiagGaussian(linear(self.mean, features), self.log_std)
 
 
 class BetaHead(nn.Module):
@@ -100,7 +119,7 @@ class BetaHead(nn.Module):
         self.register_buffer("high", high)
 
     def forward(self, features: Tensor) -> Beta:
-        alpha, beta = (1.0 + F.softplus(self.params(features))).chunk(2, dim=-1)
+        alpha, beta = (1.0 + F.softplus(linear(self.params, features))).chunk(2, dim=-1)
         return Beta(alpha, beta, self.low, self.high)
 
 
@@ -118,7 +137,7 @@ class SquashedGaussianHead(nn.Module):
         self.register_buffer("scale", (high - low) / 2.0)
 
     def forward(self, features: Tensor) -> SquashedGaussian:
-        mean, log_std = self.params(features).chunk(2, dim=-1)
+        mean, log_std = linear(self.params, features).chunk(2, dim=-1)
         # squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX], as in CleanRL's SAC
         log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
         return SquashedGaussian(mean, log_std, self.loc, self.scale)
@@ -200,16 +219,18 @@ class ActorCritic(nn.Module):
     def value(self, obs: Tensor) -> Tensor:
         if self.critic is None:
             return torch.zeros(obs.shape[0], device=obs.device)
-        inp = self.actor_body(obs) if self.shared else obs
-        return self.critic(inp).squeeze(-1)
+        return self._critic(self.actor_body(obs) if self.shared else obs)
 
     def dist_and_value(self, obs: Tensor) -> tuple[Distribution, Tensor]:
         features = self.actor_body(obs)
         dist = self.actor_head(features)
         if self.critic is None:
             return dist, torch.zeros(obs.shape[0], device=obs.device)
-        value = self.critic(features if self.shared else obs).squeeze(-1)
-        return dist, value
+        return dist, self._critic(features if self.shared else obs)
+
+    def _critic(self, x: Tensor) -> Tensor:
+        out = linear(self.critic, x) if isinstance(self.critic, nn.Linear) else self.critic(x)
+        return out.squeeze(-1)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         return [*self.actor_body.parameters(), *self.actor_head.parameters()]

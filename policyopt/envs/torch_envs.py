@@ -478,10 +478,15 @@ TORCH_ENVS: dict[str, type[TorchVecEnv]] = {
 TORCH_ENV_IDS = tuple(TORCH_ENVS)
 
 
-def make_torch_vec_env(env_id: str, num_envs: int, seed: int = 0, device: str | torch.device = "cpu") -> TorchVecEnv:
-    """The batched torch version of the Gymnasium env ``env_id``, reset with ``seed``."""
+def check_torch_env(env_id: object) -> None:
+    """Raise ``EnvError`` (with close matches) unless ``env_id`` has a batched torch version."""
     if env_id not in TORCH_ENVS:
-        close = difflib.get_close_matches(env_id, TORCH_ENV_IDS, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(env_id), TORCH_ENV_IDS, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}? " if close else ""
         raise EnvError(f"no batched torch version of {env_id!r}; {hint}supported: {', '.join(TORCH_ENV_IDS)}")
+
+
+def make_torch_vec_env(env_id: str, num_envs: int, seed: int = 0, device: str | torch.device = "cpu") -> TorchVecEnv:
+    """The batched torch version of the Gymnasium env ``env_id``, reset with ``seed``."""
+    check_torch_env(env_id)
     return TORCH_ENVS[env_id](num_envs, seed, device)

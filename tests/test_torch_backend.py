@@ -1,0 +1,52 @@
+"""``env_backend=torch``: on-policy training on the batched PyTorch envs, with no host round trip per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from policyopt import PPO, SAC
+from policyopt.config import ConfigError
+from policyopt.envs.vector import EnvError
+from policyopt.loops import EpisodeStats, TorchEpisodeStats, resume
+
+
+def test_torch_episode_stats_match_the_numpy_ones():
+    rng = np.random.default_rng(0)
+    host, device = EpisodeStats(3), TorchEpisodeStats(3, torch.device("cpu"))
+    for t in range(40):
+        reward, done = rng.normal(size=3), rng.random(3) < 0.2
+        host.record(reward, done)
+        device.record(torch.as_tensor(reward), torch.as_tensor(done))
+        if t == 17:
+            device.load_state_dict(device.state_dict())  # a checkpoint mid-way changes nothing
+    returns, lengths = host.pop()
+    device_returns, device_lengths = device.pop()
+    assert device_lengths == lengths and np.allclose(device_returns, returns)
+    assert np.allclose(device.ret.numpy(), host.ret) and np.array_equal(device.len.numpy(), host.len)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_ppo_trains_on_the_torch_envs_and_resumes_exactly(tmp_path, env_id):
+    common = dict(seed=2, env_backend="torch", num_envs=16, num_steps=32, batch_size=128, update_epochs=2,
+                  normalize_obs=True)
+    full = PPO(env_id, **common).learn(2048, run_dir=tmp_path / "full", progress=False)
+    PPO(env_id, **common).learn(2048, run_dir=tmp_path / "cut", progress=False,
+                                callback=lambda agent, metrics: agent.global_step < 1024)
+    resumed = resume(tmp_path / "cut", progress=False)
+    for (name, a), (_, b) in zip(full.nets.state_dict().items(), resumed.nets.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert np.isfinite(full.evaluate(2)).all()  # the policy acts in the Gymnasium env too
+
+
+def test_ppo_learns_cartpole_on_the_torch_env():
+    agent = PPO("CartPole-v1", seed=0, env_backend="torch").learn(15_000, progress=False)
+    assert np.mean(agent.evaluate(10)) > 100  # a random policy scores ~22
+
+
+def test_unsupported_envs_and_algorithms_are_rejected():
+    with pytest.raises(EnvError, match="no batched torch version of 'LunarLander-v3'"):
+        PPO("LunarLander-v3", env_backend="torch")
+    with pytest.raises(ConfigError, match="only on-policy"):
+        SAC("Pendulum-v1", env_backend="torch", learning_starts=10).learn(20, progress=False)
