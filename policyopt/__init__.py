@@ -24,6 +24,7 @@ _EXPORTS = {
     "ExpectedSARSA": "policyopt.algos.tabular.agents",
     "QLearning": "policyopt.algos.tabular.agents",
     "FiniteMDP": "policyopt.algos.tabular.mdp",
+    "MDPEnv": "policyopt.algos.tabular.mdp",
     "REINFORCE": "policyopt.algos.reinforce",
     "A2C": "policyopt.algos.a2c",
     "NPG": "policyopt.algos.npg",

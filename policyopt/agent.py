@@ -37,6 +37,19 @@ from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
 
 
+def resolve_config(cls: Any, env: EnvLike, config: Any, use_preset: bool, overrides: dict[str, Any]) -> tuple[Any, int | None]:
+    """``cls.Config`` from defaults <- preset for ``env`` <- ``config`` <- ``overrides``, validated,
+    and the preset's suggested budget (``total_steps``), for every algorithm's constructor."""
+    env_id = env if isinstance(env, str) else None
+    if env_id is not None:
+        check_env_id(env_id)
+    tuned = cls.preset_for(env_id) if use_preset else {}
+    suggested_steps = tuned.pop("total_steps", None)
+    if isinstance(config, cls.Config):
+        config = to_dict(config)
+    return build_config(cls.Config, tuned, config, overrides), suggested_steps
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -74,14 +87,7 @@ class Agent:
         preset: bool = True,
         **overrides: Any,
     ):
-        env_id = env if isinstance(env, str) else None
-        if env_id is not None:
-            check_env_id(env_id)
-        tuned = self.preset_for(env_id) if preset else {}
-        self.suggested_steps: int | None = tuned.pop("total_steps", None)
-        if isinstance(config, self.Config):
-            config = to_dict(config)
-        cfg = build_config(self.Config, tuned, config, overrides)
+        cfg, self.suggested_steps = resolve_config(type(self), env, config, preset, overrides)
         self._setup(env, cfg, seed, device, env_spaces(env, flatten_obs=cfg.flatten_obs))
 
     @classmethod

@@ -97,3 +97,27 @@ def test_bad_input_is_one_error_line_and_exit_2(args, message, capsys, tmp_path)
     assert main([*args, "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_value_iteration_on_user_given_arrays_through_the_api(tmp_path):
+    """A FiniteMDP from arrays, run as an env (MDPEnv): the agent API, run directory and picture."""
+    from policyopt import FiniteMDP, MDPEnv, ValueIteration
+
+    rows, cols = 3, 4
+    P = np.zeros((rows * cols, 2, rows * cols))  # actions: right, down; the grid's far edges bounce
+    for s in range(rows * cols):
+        r, c = divmod(s, cols)
+        P[s, 0, r * cols + min(c + 1, cols - 1)] = 1.0
+        P[s, 1, min(r + 1, rows - 1) * cols + c] = 1.0
+    mdp = FiniteMDP.from_arrays(P, np.full((rows * cols, 2), -1.0), 1.0, terminal=[rows * cols - 1], initial=np.eye(rows * cols)[0])
+
+    def make_env():
+        return MDPEnv(mdp, grid_shape=(rows, cols), moves=((0, 1), (1, 0)))
+
+    agent = ValueIteration(make_env, gamma=1.0).learn(run_dir=tmp_path / "run", progress=False)
+    distance = [(rows - 1 - s // cols) + (cols - 1 - s % cols) for s in range(rows * cols)]
+    np.testing.assert_allclose(agent.values, -np.array(distance, dtype=float))
+    assert agent.evaluate(1) == [-5.0]
+    assert (tmp_path / "run" / "values.png").read_bytes()[:8] == PNG_MAGIC
+    loaded = ValueIteration.load(tmp_path / "run" / "model.pt", env=make_env)
+    np.testing.assert_array_equal(loaded.policy, agent.policy)

@@ -226,6 +226,10 @@ class ModelFreeAgent(TabularAgent):
     def td_target(self, reward: float, terminated: bool, truncated: bool, next_state: int) -> float:
         raise NotImplementedError
 
+    def make_runner(self) -> TabularRunner:
+        """The runner ``loops.train`` and ``loops.resume`` drive: one env step and update per iteration."""
+        return TabularRunner(self)
+
     def state_values(self) -> np.ndarray:
         return self.q.max(axis=1)
 
@@ -258,8 +262,6 @@ class ModelFreeAgent(TabularAgent):
 
         steps = self._budget(total_steps)
         self.schedule = (self.global_step, self.global_step + steps)
-        if self.runner is None:
-            self.runner = TabularRunner(self)
         train(self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback)
         return self
 

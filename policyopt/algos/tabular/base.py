@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from policyopt import checkpoint, loops
-from policyopt.agent import rng_state, seed_everything, set_rng_state
+from policyopt.agent import resolve_config, rng_state, seed_everything, set_rng_state
 from policyopt.algos.tabular.plot import grid_layout, plot_values
-from policyopt.config import ConfigError, build_config, preset, to_dict, to_json
-from policyopt.envs.vector import EnvError, EnvLike, Snapshot, check_env_id
+from policyopt.config import ConfigError, build_config, preset, to_json
+from policyopt.envs.vector import EnvError, EnvLike, Snapshot
 
 DEFAULT_TIME_LIMIT = 1000  # for envs without a time limit of their own (CliffWalking)
 
@@ -70,14 +70,8 @@ class TabularAgent:
         preset: bool = True,
         **overrides: Any,
     ):
-        env_id = env if isinstance(env, str) else None
-        if env_id is not None:
-            check_env_id(env_id)
-        tuned = self.preset_for(env_id) if preset else {}
-        self.suggested_steps: int | None = tuned.pop("total_steps", None)
-        if isinstance(config, self.Config):
-            config = to_dict(config)
-        self._setup(env, build_config(self.Config, tuned, config, overrides), seed)
+        config, self.suggested_steps = resolve_config(type(self), env, config, preset, overrides)
+        self._setup(env, config, seed)
 
     @classmethod
     def preset_for(cls, env_id: str | None) -> dict[str, Any]:
@@ -156,6 +150,12 @@ class TabularAgent:
 
     def make_eval_env(self, render_mode: str | None = None) -> gym.Env:
         return self.make_env(render_mode)
+
+    def close(self) -> None:
+        """Release the training env; a later ``learn`` starts a fresh episode."""
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
     # --- user API ---------------------------------------------------------------------------
     def _budget(self, total_steps: int | None) -> int:
@@ -303,5 +303,5 @@ class TabularRunner:
         self.collector.load_state_dict(state["collector"])
         self.window.load_state_dict(state["window"])
 
-
-loops.RUNNERS[TabularAgent.loop] = TabularRunner  # loops.resume() rebuilds a checkpointed run's runner from this table
+    def close(self) -> None:
+        self.collector.close()

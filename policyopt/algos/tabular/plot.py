@@ -25,7 +25,8 @@ TAXI_LOCATIONS = "RGYB"
 @dataclass
 class GridPanel:
     """One grid of cells: ``cells[row, col]`` is a state index; ``labels`` are short marks
-    (start, goal, hole, cliff); ``policy_shown`` is False where no arrow belongs (cliff)."""
+    (start, goal, hole, cliff); ``policy_shown`` is False on cells no episode rests in (cliff),
+    which are drawn blank."""
 
     cells: np.ndarray  # [rows, cols] int
     labels: np.ndarray  # [rows, cols] str
@@ -107,7 +108,8 @@ def plot_values(
     vmin, vmax = float(values.min()), float(values.max())
     image = None
     for ax, panel in zip(axes.flat, layout.panels, strict=False):
-        image = ax.imshow(values[panel.cells], cmap="viridis", vmin=vmin, vmax=vmax)
+        shown = np.ma.masked_where(~panel.policy_shown, values[panel.cells])  # blank cells no episode rests in (cliff)
+        image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax)
         _annotate(ax, panel, values, policy, terminal, layout, small=n_panels > 1)
         ax.set_title(panel.title, fontsize=8)
         ax.set_xticks([])
@@ -133,5 +135,5 @@ def _annotate(ax, panel: GridPanel, values, policy, terminal, layout: GridLayout
             action = int(policy[state])
             symbol = ARROWS[layout.moves[action]] if action < len(layout.moves) else layout.marks.get(action, "?")
             ax.text(c, r - (0 if small else 0.08), symbol, ha="center", va="center", fontsize=9 if small else 14, color=color)
-        if not small:
+        if panel.policy_shown[r, c] and not small:
             ax.text(c, r + 0.3, f"{values[state]:.2f}", ha="center", va="center", fontsize=6, color=color)
