@@ -21,7 +21,8 @@ CONFIG.yaml::
     address: null                # optional; a Ray cluster to join (default: a local instance)
 
 Every (config, seed) trains as one Ray task, on CPUs reserved for it (one, plus one per rollout
-worker for IMPALA or ``workers > 0``), and writes its own run directory ``OUT/runs/c<i>__seed<s>/``. Then ``OUT/summary.csv`` (one row per run: config, seed, final
+worker for IMPALA or ``workers > 0``), and writes its own run directory
+``OUT/runs/c<i>__seed<s>/``. Then ``OUT/summary.csv`` (one row per run: config, seed, final
 evaluation return, steps/s), ``OUT/summary.md`` (the same, and per config the mean and
 minimum over seeds) and ``OUT/curves.png`` (learning curves, one line per config) are written.
 """
