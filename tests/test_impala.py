@@ -126,18 +126,6 @@ def test_smoke_on_ray(ray_session):
     assert agent.action_space.contains(int(agent.predict(raw_obs)))
 
 
-@pytest.mark.ray
-def test_cli_train_and_eval(tmp_path, ray_session, capsys):
-    run = tmp_path / "run"
-    args = ["train", "impala", "--env", "CartPole-v1", "--workers", "2", "--steps", "1000", "--run-dir", str(run),
-            "--no-progress", "--eval-episodes", "2", "--set", "num_envs=2", "--set", "num_steps=16"]
-    assert main(args) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mean_return: ")
-    info = json.loads((run / "config.json").read_text())
-    assert info["algo"] == "impala" and info["config"]["workers"] == 2
-    assert main(["eval", str(run), "--episodes", "2"]) == 0
-
-
 def live_processes():
     """``{pid: parent pid}`` of every process that is running (not a zombie), from /proc."""
     parents = {}
@@ -161,9 +149,10 @@ def descendants(pid):
 
 @pytest.mark.ray
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
-def test_ctrl_c_stops_ray_cleanly_and_resume_continues(tmp_path, ray_session, capsys):
-    """SIGINT to the command's process group, as Ctrl-C in a terminal sends it, in the middle of a
-    run: exit code 130 after a checkpoint, no Ray process left behind; ``--resume`` continues it."""
+def test_cli_ctrl_c_stops_ray_cleanly_and_resume_continues(tmp_path, ray_session, capsys):
+    """``policyopt train impala --workers 2``, then SIGINT to its process group, as Ctrl-C in a
+    terminal sends it, in the middle of the run: exit code 130 after a checkpoint, no Ray process
+    left behind; ``--resume`` continues the run, ``eval`` evaluates it."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "policyopt", "train", "impala", "--env", "CartPole-v1", "--workers", "2",
            "--steps", "1000000", "--run-dir", str(run), "--no-progress", "--eval-episodes", "0",
@@ -195,6 +184,9 @@ def test_ctrl_c_stops_ray_cleanly_and_resume_continues(tmp_path, ray_session, ca
     with (run / "metrics.csv").open() as f:
         steps = [int(float(row["global_step"])) for row in csv.DictReader(f)]
     assert steps == sorted(set(steps)) and steps[-1] >= end  # continued from the checkpoint, did not start over
+    info = json.loads((run / "config.json").read_text())
+    assert info["algo"] == "impala" and info["config"]["workers"] == 2
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
 
 
 @pytest.mark.slow
