@@ -171,7 +171,8 @@ def test_cli_ctrl_c_stops_ray_cleanly_and_resume_continues(tmp_path, ray_session
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGINT, err
-    assert re.search(r"^error: interrupted by SIGINT; checkpoint saved to .*step_\d+\.pt$", err.strip().splitlines()[-1])
+    # Ray's daemons may still log a line of their own shutdown after ours
+    assert any(re.fullmatch(r"error: interrupted by SIGINT; checkpoint saved to .*step_\d+\.pt", line) for line in err.splitlines()), err
     time.sleep(2)
     assert not ray_processes & set(live_processes()), "Ray processes outlived the interrupted run"
     stopped_at = checkpoint.load(checkpoint.CheckpointDir(run).latest())["agent"]["counters"]["global_step"]
