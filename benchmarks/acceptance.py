@@ -44,7 +44,10 @@ def train_seed(args: argparse.Namespace, seed: int, overrides: dict[str, str]) -
             biases.append(metrics["diag/q_bias"])
 
     run_dir = Path(args.run_root) / f"{args.env}__{args.algo}__{seed}" if args.run_root else None
-    agent.learn(budget, run_dir=run_dir, progress=False, callback=record)
+    try:
+        agent.learn(budget, run_dir=run_dir, progress=False, callback=record)
+    finally:
+        agent.close()  # stop its envs and, for IMPALA or workers > 0, its Ray actors before the next seed
     return float(np.mean(agent.evaluate(20))), budget, biases
 
 

@@ -574,5 +574,9 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
         agent.schedule = (agent.schedule[0], int(total_steps))
     logger = Logger(run_dir)
     logger.resume(agent.global_step)
-    train(agent, run_dir=run_dir, progress=progress, logger=logger)
+    try:
+        train(agent, run_dir=run_dir, progress=progress, logger=logger)
+    except BaseException:
+        agent.close()  # the caller never gets this agent: release its envs and Ray workers here
+        raise
     return agent

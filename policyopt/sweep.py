@@ -20,7 +20,8 @@ CONFIG.yaml::
     preset: true                 # optional; apply the tuned preset for this env first
     address: null                # optional; a Ray cluster to join (default: a local instance)
 
-Every (config, seed) trains as one Ray task (1 CPU) that writes its own run directory,
+Every (config, seed) trains as one Ray task, on CPUs reserved for it (one, plus one per rollout
+worker for IMPALA or ``workers > 0``), and writes its own run directory
 ``OUT/runs/c<i>__seed<s>/``. Then ``OUT/summary.csv`` (one row per run: config, seed, final
 evaluation return, steps/s), ``OUT/summary.md`` (the same, and per config the mean and
 minimum over seeds) and ``OUT/curves.png`` (learning curves, one line per config) are written.
@@ -181,6 +182,20 @@ def format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def reserve_cpus(ray: Any, cpus: int) -> tuple[Any, Any]:
+    """A placement group of ``cpus`` one-CPU bundles for one run, and the strategy that runs a task in it.
+
+    The run's task takes one bundle; the rollout worker actors it starts (IMPALA, ``workers > 0``)
+    are captured into the others. Without the reservation, the CPU a task frees while it waits
+    on its workers goes to the next queued run instead, whose workers then wait too: with more
+    runs than cores, every run holds a CPU and none of their workers can start.
+    """
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.placement_group([{"CPU": 1}] * cpus)
+    return group, PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+
+
 def run_sweep(sweep: Sweep, out: str | Path, *, address: str | None = None, echo: Any = print) -> list[dict[str, Any]]:
     """Run every (config, seed) of ``sweep`` as a Ray task and write the summary into ``out``."""
     from policyopt.distributed import connect
@@ -190,25 +205,32 @@ def run_sweep(sweep: Sweep, out: str | Path, *, address: str | None = None, echo
     points = random_points(sweep, cls.Config) if sweep.random else grid_points(sweep.grid)
     base = preset(cls.name, sweep.env) if sweep.preset else {}
     base.pop("total_steps", None)
-    for params in points:  # reject a bad config here, before any task starts
-        build_config(cls.Config, base, sweep.config, params)
+    # reject a bad config here, before any task starts; a run needs one CPU, and one per rollout worker
+    cpus = [1 + build_config(cls.Config, base, sweep.config, params).workers for params in points]
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({**asdict(sweep), "points": points}, indent=2, default=str))
 
-    ray = connect(address or sweep.address)
+    ray = connect(address or sweep.address, num_cpus=max(cpus))
+    available = int(ray.cluster_resources().get("CPU", 0))
+    if max(cpus) > available:
+        raise ConfigError(f"a run needs {max(cpus)} CPUs (1 + workers) but the Ray instance has {available}")
     task = ray.remote(num_cpus=1)(run_one)
     pending: dict[Any, dict[str, Any]] = {}
+    groups: dict[Any, Any] = {}
     for i, params in enumerate(points):
         for seed in sweep.seeds:
             run_dir = out / "runs" / f"c{i}__seed{seed}"
             row = {"config": f"c{i}", "params": format_params(params), "seed": seed, "run_dir": str(run_dir)}
-            ref = task.remote(sweep.algo, sweep.env, {**sweep.config, **params}, seed, sweep.steps, str(run_dir),
-                              sweep.eval_episodes, sweep.preset)
-            pending[ref] = row
+            group, placed = reserve_cpus(ray, cpus[i])
+            ref = task.options(scheduling_strategy=placed).remote(
+                sweep.algo, sweep.env, {**sweep.config, **params}, seed, sweep.steps, str(run_dir),
+                sweep.eval_episodes, sweep.preset)
+            pending[ref], groups[ref] = row, group
     rows = []
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         row = pending.pop(ref)
+        ray.util.remove_placement_group(groups.pop(ref))
         try:
             row.update(ray.get(ref))
             echo(f"[{len(rows) + 1}/{len(rows) + len(pending) + 1}] {row['config']} seed {row['seed']}: "

@@ -113,6 +113,26 @@ def test_distributed_ppo_fills_the_same_buffer_and_learns(ray_session):
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("algo,env_id,config", [
+    ("a2c", "CartPole-v1", {"num_envs": 4, "num_steps": 8}),
+    ("trpo", "Pendulum-v1", {"num_envs": 2, "num_steps": 64, "batch_size": 64}),
+])
+def test_a2c_and_trpo_sample_through_workers(ray_session, algo, env_id, config):
+    from policyopt.registry import get_algorithm
+
+    agent = get_algorithm(algo)(env_id, seed=0, preset=False, workers=2, **config)
+    logged = []
+    try:
+        agent.learn(4 * config["num_envs"] * config["num_steps"], progress=False, callback=lambda a, m: logged.append(m))
+        assert type(agent.runner).__name__ == "DistributedOnPolicyRunner"
+        assert agent.runner.buffer["obs"].shape[:2] == (config["num_steps"], config["num_envs"])
+    finally:
+        agent.close()
+    assert len(logged) == 4 and agent.num_updates == 4
+    assert all(np.isfinite(v) for m in logged for k, v in m.items() if k.startswith("loss/"))
+
+
+@pytest.mark.ray
 def test_workers_must_divide_num_envs(ray_session):
     agent = PPO("CartPole-v1", seed=0, preset=False, workers=3, **SMALL)
     with pytest.raises(ConfigError, match="multiple of workers"):

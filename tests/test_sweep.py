@@ -100,3 +100,18 @@ def test_random_sweep_runs_the_sampled_configs(tmp_path, ray_session):
     assert len(rows) == 2 and all("error" not in r for r in rows)
     assert rows[0]["params"] != rows[1]["params"] and rows[0]["params"].startswith("learning_rate=")
     assert "c0" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.ray
+def test_runs_with_rollout_workers_get_cpus_reserved_for_them(tmp_path, ray_session):
+    """IMPALA runs start actors from inside their task: each run holds 1 + workers CPUs of the
+    2-CPU session, so they take turns instead of starving each other's workers."""
+    from policyopt.sweep import run_sweep
+
+    sweep = Sweep(name="i", algo="impala", env="CartPole-v1", seeds=[0, 1], steps=320, eval_episodes=1,
+                  config={"workers": 1, "num_envs": 2, "num_steps": 16}, grid={"learning_rate": [1e-3]})
+    rows = run_sweep(sweep, tmp_path / "out", echo=lambda line: None)
+    assert [r["seed"] for r in rows] == [0, 1] and all("error" not in r for r in rows)
+    sweep.config["workers"] = 2
+    with pytest.raises(ConfigError, match="needs 3 CPUs .* has 2"):
+        run_sweep(sweep, tmp_path / "out2", echo=lambda line: None)
