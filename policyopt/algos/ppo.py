@@ -176,7 +176,7 @@ class PPO(Agent):
         vclip = clip if cfg.clip_vloss else None
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
 
-        sums = torch.zeros(4)  # policy loss, value loss, entropy, grad norm
+        sums = torch.zeros(4, device=self.device)  # policy loss, value loss, entropy, grad norm
         steps = 0
         epochs_run = 0
         stop = False
