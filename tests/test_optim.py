@@ -22,9 +22,9 @@ from policyopt.loops import make_runner
 OBS_DIM, N_STATES = 3, 16
 
 
-def small_policy(action_space: gym.Space) -> ActorCritic:
+def small_policy(action_space: gym.Space, kind: str = "auto") -> ActorCritic:
     torch.manual_seed(0)
-    policy = ActorCritic(OBS_DIM, action_space, hidden_sizes=(4,), value_head=False).double()
+    policy = ActorCritic(OBS_DIM, action_space, hidden_sizes=(4,), policy=kind, value_head=False).double()
     for p in policy.parameters():  # move away from the tiny output-layer init so F is well conditioned
         torch.nn.init.normal_(p, std=0.7)
     return policy
@@ -63,6 +63,28 @@ def gaussian_fisher(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
     return fisher / len(obs)
 
 
+def beta_fisher(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+    """F = mean_s J^T I(alpha, beta) J, with the closed-form Fisher of Beta(alpha, beta) per action dim:
+
+        I = [[psi1(alpha) - psi1(alpha + beta), -psi1(alpha + beta)],
+             [-psi1(alpha + beta),              psi1(beta) - psi1(alpha + beta)]]
+
+    (psi1 the trigamma function; the affine map onto the action bounds does not change it).
+    """
+    params = policy.actor_parameters()
+    n = sum(p.numel() for p in params)
+    fisher = torch.zeros(n, n, dtype=torch.float64)
+    for s in obs:
+        dist = policy.dist(s.unsqueeze(0))
+        for a, b in zip(dist.alpha[0], dist.beta[0]):
+            J = jacobian(torch.stack([a, b]), params)
+            a, b = a.detach(), b.detach()
+            both = torch.polygamma(1, a + b)
+            info = torch.stack([torch.stack([torch.polygamma(1, a) - both, -both]), torch.stack([-both, torch.polygamma(1, b) - both])])
+            fisher += J.T @ info @ J
+    return fisher / len(obs)
+
+
 def kl_gradient(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
     old = {k: v.detach().clone() for k, v in policy.named_parameters()}
     with torch.no_grad():
@@ -72,15 +94,16 @@ def kl_gradient(policy: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
 
 
 SPACES = {
-    "categorical": (gym.spaces.Discrete(3), categorical_fisher),
-    "gaussian": (gym.spaces.Box(-1.0, 1.0, (2,)), gaussian_fisher),
+    "categorical": (gym.spaces.Discrete(3), "auto", categorical_fisher),
+    "gaussian": (gym.spaces.Box(-1.0, 1.0, (2,)), "gaussian", gaussian_fisher),
+    "beta": (gym.spaces.Box(-2.0, 2.0, (2,)), "beta", beta_fisher),
 }
 
 
 @pytest.mark.parametrize("kind", SPACES)
 def test_fisher_vector_product_matches_the_explicit_fisher(kind):
-    space, explicit = SPACES[kind]
-    policy, obs = small_policy(space), states()
+    space, policy_kind, explicit = SPACES[kind]
+    policy, obs = small_policy(space, policy_kind), states()
     params = policy.actor_parameters()
     fisher = explicit(policy, obs)
     kl_grad = kl_gradient(policy, obs)
@@ -91,8 +114,8 @@ def test_fisher_vector_product_matches_the_explicit_fisher(kind):
 
 @pytest.mark.parametrize("kind", SPACES)
 def test_conjugate_gradient_solves_the_damped_fisher_system(kind):
-    space, explicit = SPACES[kind]
-    policy, obs = small_policy(space), states()
+    space, policy_kind, explicit = SPACES[kind]
+    policy, obs = small_policy(space, policy_kind), states()
     params = policy.actor_parameters()
     fisher = explicit(policy, obs)
     kl_grad = kl_gradient(policy, obs)

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import Agent
+from policyopt.algos.a2c import policy_gradient_loss
+from policyopt.algos.ppo import value_loss
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
@@ -82,19 +84,6 @@ def sampled_fisher_loss(dist: Distribution, value: Tensor, vf_fisher_coef: float
     return (-dist.log_prob(action) + vf_fisher_coef * 0.5 * (value - y).pow(2)).mean()
 
 
-def a2c_loss(logp: Tensor, adv: Tensor, entropy: Tensor, value: Tensor, v_target: Tensor, ent_coef: float, vf_coef: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Mnih et al., "Asynchronous Methods for Deep RL" (ICML 2016), section 4 (A3C), batched:
-
-        policy_loss = -E[logp * adv],   value_loss = 0.5 * E[(value - v_target)^2]
-        loss = policy_loss - ent_coef * E[entropy] + vf_coef * value_loss
-
-    Every argument is ``[B]``; returns ``(loss, policy_loss, value_loss)``.
-    """
-    policy_loss = -(logp * adv).mean()
-    value_loss = 0.5 * (value - v_target).pow(2).mean()
-    return policy_loss - ent_coef * entropy.mean() + vf_coef * value_loss, policy_loss, value_loss
-
-
 class ACKTR(Agent):
     """ACKTR for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
@@ -104,16 +93,7 @@ class ACKTR(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim,
-            self.action_space,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.policy,
-            cfg.shared_network,
-            cfg.log_std_init,
-            cfg.ortho_init,
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         if cfg.shared_network:  # one trust region over the joint Fisher (the paper's Atari setup)
             self.optimizers = {"kfac": self._kfac(self.policy, cfg.kl_clip)}
@@ -155,8 +135,10 @@ class ACKTR(Agent):
         fisher_loss = sampled_fisher_loss(dist, value, cfg.vf_fisher_coef)
         for kfac in kfacs:
             kfac.update_factors(fisher_loss)
-        entropy = dist.entropy()
-        loss, pg_loss, v_loss = a2c_loss(dist.log_prob(data["action"]), adv, entropy, value, v_target, cfg.ent_coef, cfg.vf_coef)
+        entropy = dist.entropy().mean()
+        pg_loss = policy_gradient_loss(dist.log_prob(data["action"]), adv)
+        v_loss = value_loss(value, v_target, data["value"], None)
+        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
         self.policy.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float("inf"))
@@ -165,7 +147,7 @@ class ACKTR(Agent):
         metrics = {
             "loss/policy": pg_loss.item(),
             "loss/value": v_loss.item(),
-            "loss/entropy": entropy.mean().item(),
+            "loss/entropy": entropy.item(),
             "diag/grad_norm": grad_norm.item(),
             "diag/lr": lr,
             "diag/explained_var": explained_variance(data["value"], v_target),

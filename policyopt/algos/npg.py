@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import Agent
+from policyopt.algos.a2c import policy_gradient_loss
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
@@ -60,15 +61,6 @@ class NPGConfig(EnvConfig):
         return []
 
 
-def policy_gradient_objective(logp: Tensor, adv: Tensor) -> Tensor:
-    """Kakade (2002), section 2 / Williams (1992): eta(theta) ~ E[log pi(a|s) * adv], to increase.
-
-    Its gradient is the vanilla policy gradient g = E[grad log pi(a|s) * adv].
-    ``logp, adv: [B]``; returns a scalar.
-    """
-    return (logp * adv).mean()
-
-
 class NPG(Agent):
     """Natural policy gradient for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
@@ -78,9 +70,7 @@ class NPG(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim, self.action_space, cfg.hidden_sizes, cfg.activation, cfg.policy, False, cfg.log_std_init, cfg.ortho_init
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
 
@@ -104,7 +94,7 @@ class NPG(Agent):
             old_dist = dist_under(self.policy, old_params, obs)
         dist = self.policy.dist(obs)
         entropy = dist.entropy().mean().item()  # read now: the step below changes a Gaussian's log_std in place
-        objective = policy_gradient_objective(dist.log_prob(act), adv)
+        objective = -policy_gradient_loss(dist.log_prob(act), adv)  # E[log pi(a|s) * adv], its gradient g
         step, grad, step_size = natural_gradient_step(
             objective, old_dist.kl(dist).mean(), params, cfg.target_kl, cfg.cg_max_steps, cfg.cg_damping
         )

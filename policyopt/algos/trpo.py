@@ -78,9 +78,7 @@ class TRPO(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim, self.action_space, cfg.hidden_sizes, cfg.activation, cfg.policy, False, cfg.log_std_init, cfg.ortho_init
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
 
