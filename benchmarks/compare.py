@@ -1,6 +1,7 @@
 """Side-by-side benchmark: policyopt against stable-baselines3 on the same configuration.
 
     python benchmarks/compare.py --algo ppo --env CartPole-v1 --steps 100000 --seeds 0 1 2 --threshold 475
+    python benchmarks/compare.py --algo sac --env Pendulum-v1 --steps 20000 --seeds 0 1 2 --threshold -200
 
 Each (library, seed) trains in a fresh child process, one after the other, so timings and
 peak memory do not leak between runs. Both libraries get the same hyperparameters: the
@@ -10,6 +11,11 @@ same way (``--eval-episodes`` deterministic episodes on a fresh Gymnasium env, s
 10000 + i); "time to threshold" is the training time (evaluation excluded) at the first
 evaluation whose mean reaches ``--threshold``. The raw random-action throughput of each
 library's vector env is measured too: the ceiling for steps/s.
+
+SAC: automatic entropy tuning maps to SB3's ``ent_coef="auto_<alpha>"`` with the same target
+entropy; options SB3 has no equivalent for (a separate critic learning rate, delayed actor
+updates) stop the script. A difference that remains: SB3 clamps the actor's log-std to
+[-20, 2], policyopt squashes it smoothly into [-5, 2] (CleanRL's choice).
 
 Prints a markdown table and appends it, with the date, machine and command, to
 ``benchmarks/results/<algo>_<env>.md`` when ``--save`` is given.
@@ -80,6 +86,8 @@ def sb3_model(algo: str, env_id: str, cfg: dict, seed: int):
             device="cpu",
         )
     if algo == "sac":
+        if cfg["critic_learning_rate"] not in (None, cfg["learning_rate"]) or cfg["policy_frequency"] != 1:
+            raise SystemExit("SB3 SAC has one learning rate and updates the actor after every critic update")
         env = make_vec_env(env_id, n_envs=cfg["num_envs"], seed=seed)
         return SAC(
             "MlpPolicy",
@@ -92,7 +100,9 @@ def sb3_model(algo: str, env_id: str, cfg: dict, seed: int):
             gamma=cfg["gamma"],
             train_freq=cfg["train_frequency"],
             gradient_steps=cfg["gradient_steps"],
-            ent_coef="auto",
+            target_update_interval=cfg["target_network_frequency"],
+            ent_coef=f"auto_{cfg['alpha']}" if cfg["autotune"] else cfg["alpha"],
+            target_entropy="auto" if cfg["target_entropy"] is None else cfg["target_entropy"],
             policy_kwargs=dict(net_arch=list(cfg["hidden_sizes"]), activation_fn=activation),
             seed=seed,
             device="cpu",
