@@ -1,6 +1,5 @@
 """Checkpoint files, normalizer saving, and exact resume."""
 
-import csv
 
 import pytest
 import torch
@@ -9,6 +8,8 @@ from policyopt import checkpoint
 from policyopt.algos.ppo import PPO
 from policyopt.core.normalize import ObsNormalizer, RunningMeanStd
 from policyopt.loops import resume
+
+from helpers import read_metrics
 
 
 def test_running_mean_std_matches_numpy():
@@ -69,12 +70,6 @@ def test_checkpoint_dir_keeps_the_last_k(tmp_path):
     assert [p.name for p in ckpts.all()] == ["step_000000000020.pt", "step_000000000030.pt"]
     assert checkpoint.load(ckpts.latest())["step"] == 30
     assert not list(ckpts.dir.glob("*.tmp"))
-
-
-def read_metrics(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 def stop_at(step):

@@ -1,6 +1,5 @@
 """The off-policy loop: exact resume, the overestimation diagnostic, and the command line."""
 
-import csv
 
 import numpy as np
 import pytest
@@ -12,13 +11,9 @@ from policyopt.cli import main
 from policyopt.evaluation import critic_bias, discounted_soft_returns
 from policyopt.loops import resume
 
+from helpers import read_metrics
+
 SMALL = dict(preset=False, learning_starts=64, batch_size=32, log_interval=100, hidden_sizes=(32, 32))
-
-
-def read_metrics(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 @pytest.mark.parametrize("cls,env_id", [(DQN, "CartPole-v1"), (SAC, "Pendulum-v1"), (SAC, "CartPole-v1")])

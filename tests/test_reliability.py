@@ -5,7 +5,6 @@ kept. Everything goes through the real command line, in subprocesses where signa
 
 from __future__ import annotations
 
-import csv
 import math
 import signal
 import subprocess
@@ -25,13 +24,9 @@ from policyopt.cli import main
 from policyopt.config import RANGES, ConfigError, build_config
 from policyopt.registry import get_algorithm
 
+from helpers import read_metrics
+
 POLICYOPT = [sys.executable, "-m", "policyopt"]
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    """metrics.csv without the wall-clock columns (time/...), which differ between runs."""
-    with (run_dir / "metrics.csv").open() as f:
-        return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(f)]
 
 
 def train_args(algo: str, env: str, steps: int, overrides: list[str], run_dir: Path) -> list[str]:
