@@ -98,8 +98,8 @@ def cliff_walking(seeds: list[int], epsilon: float = 0.1) -> list[str]:
         """Greedy return, greedy path, and the exact return of the policy run epsilon-greedily."""
         return (*greedy_path(policy, mdp), dp.evaluate_policy_exact(soft, policy)[CLIFF_START])
 
-    lines = [f"| algorithm | greedy return per seed | greedy path (row 0 = top, row 2 = edge of the cliff) | "
-             f"exact return of its epsilon-greedy policy, per seed | online return, 2nd half of training, per seed | online mean |",
+    lines = ["| algorithm | greedy return per seed | greedy path (row 0 = top, row 2 = edge of the cliff) | "
+             "exact return of its epsilon-greedy policy, per seed | online return, 2nd half of training, per seed | online mean |",
              "|---|---|---|---|---|---|"]
     for algo in ("sarsa", "expected-sarsa", "q-learning"):
         runs = [train_on_the_cliff(algo, seed) for seed in seeds]

@@ -291,3 +291,19 @@ class Agent:
         """Rebuild a saved agent; ``env`` is needed only when it was not a registered id."""
         payload = checkpoint.load(path, map_location=device)
         return cls.from_state(payload["agent"], env=env, device=device)
+
+
+class ActorCriticAgent(Agent):
+    """Base of the on-policy agents whose ``build()`` sets ``self.policy``, a
+    ``core.nets.ActorCritic``: acting samples a ~ pi(.|s) (the mode when deterministic) and
+    records log pi(a|s) and V(s) for the update; ``value`` bootstraps from the critic."""
+
+    policy: nn.Module
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        dist, value = self.policy.dist_and_value(obs)
+        action = dist.mode() if deterministic else dist.sample()
+        return action, {"logp": dist.log_prob(action), "value": value}
+
+    def value(self, obs: Tensor) -> Tensor:
+        return self.policy.value(obs)

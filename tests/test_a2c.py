@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from policyopt.algos.a2c import A2C, policy_gradient_loss
+from policyopt.algos.a2c import A2C
 from policyopt.cli import main
+from policyopt.core.losses import policy_gradient_loss
 from policyopt.loops import make_runner
 
 SMALL = dict(num_envs=2, num_steps=8)

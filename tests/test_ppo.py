@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from policyopt.algos.ppo import PPO, adapt_kl_coef, clipped_surrogate_loss, kl_penalty_loss, value_loss
+from policyopt.algos.ppo import PPO, adapt_kl_coef, kl_penalty_loss
 from policyopt.config import ConfigError
+from policyopt.core.losses import clipped_surrogate_loss, value_loss
 from policyopt.envs import EnvError
 from policyopt.loops import make_runner
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
-from policyopt.algos.ppo import value_loss
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
+from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ACTIVATIONS, ActorCritic
 from policyopt.core.returns import gae, nstep_returns
 
@@ -56,17 +56,7 @@ class A2CConfig(EnvConfig):
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
 
-def policy_gradient_loss(logp: Tensor, adv: Tensor) -> Tensor:
-    """A3C paper, Algorithm S3 (d theta += grad log pi(a_i|s_i) (R - V(s_i))), negated:
-
-        policy_loss = -mean( logp * adv )
-
-    ``logp, adv: [B]`` (``adv`` carries no gradient); returns a scalar.
-    """
-    return -(logp * adv).mean()
-
-
-class A2C(Agent):
+class A2C(ActorCriticAgent):
     """A2C for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "a2c"
@@ -83,14 +73,6 @@ class A2C(Agent):
         else:
             optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.optimizer_eps)
         self.optimizers = {"policy": optimizer}
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def advantages(self, buf: RolloutBuffer) -> tuple[Tensor, Tensor]:
         """``(adv, v_target)``, each ``[T, N]``, by the configured estimator."""

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
-from policyopt.algos.a2c import policy_gradient_loss
-from policyopt.algos.ppo import value_loss
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
+from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.distributions import Distribution
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
 from policyopt.core.optim import KFAC
@@ -84,7 +83,7 @@ def sampled_fisher_loss(dist: Distribution, value: Tensor, vf_fisher_coef: float
     return (-dist.log_prob(action) + vf_fisher_coef * 0.5 * (value - y).pow(2)).mean()
 
 
-class ACKTR(Agent):
+class ACKTR(ActorCriticAgent):
     """ACKTR for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "acktr"
@@ -104,14 +103,6 @@ class ACKTR(Agent):
     def _kfac(self, module: torch.nn.Module, kl_clip: float) -> KFAC:
         cfg = self.config
         return KFAC(module, cfg.learning_rate, cfg.momentum, cfg.damping, kl_clip, cfg.stats_decay)
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def _learning_rate(self, rollout: int) -> float:
         """learning_rate, linearly annealed by the progress at the start of this rollout."""

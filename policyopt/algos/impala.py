@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ACTIVATIONS, ActorCritic
@@ -80,7 +80,7 @@ def vtrace_value_loss(value: Tensor, vs: Tensor) -> Tensor:
     return 0.5 * (vs.detach() - value).pow(2).mean()
 
 
-class IMPALA(Agent):
+class IMPALA(ActorCriticAgent):
     """IMPALA for Discrete and Box action spaces; trains through Ray actor processes."""
 
     name = "impala"
@@ -97,14 +97,6 @@ class IMPALA(Agent):
         from policyopt.distributed.runners import ImpalaRunner
 
         return ImpalaRunner(self)
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"logp": dist.log_prob(action), "value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def update(self, traj: dict[str, Tensor]) -> dict[str, float]:
         """One Adam step on a trajectory of fields ``[T, N, ...]`` (``OnPolicyRunner`` with ``store_next_obs``)."""

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
-from policyopt.algos.a2c import policy_gradient_loss
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
+from policyopt.core.losses import policy_gradient_loss
 from policyopt.core.distributions import Distribution
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
 from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
@@ -61,7 +61,7 @@ class NPGConfig(EnvConfig):
         return []
 
 
-class NPG(Agent):
+class NPG(ActorCriticAgent):
     """Natural policy gradient for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "npg"
@@ -73,14 +73,6 @@ class NPG(Agent):
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"logp": dist.log_prob(action), "value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import Agent
-from policyopt.algos.ppo import clipped_surrogate_loss, dist_kl
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
+from policyopt.core.losses import clipped_surrogate_loss, dist_kl
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, mlp
 from policyopt.core.optim import fit_regression
 from policyopt.core.returns import gae

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.distributions import Distribution
-from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
+from policyopt.core.nets import ACTIVATIONS, ActorCritic
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -69,18 +69,6 @@ class PPOConfig(EnvConfig):
         return []
 
 
-def clipped_surrogate_loss(ratio: Tensor, adv: Tensor, clip_coef: float) -> Tensor:
-    """PPO paper, eq. 7, negated for minimization.
-
-        L^CLIP = E[ min(ratio * adv, clip(ratio, 1 - clip_coef, 1 + clip_coef) * adv) ]
-
-    ``ratio = pi(a|s) / pi_old(a|s)`` and ``adv`` are ``[B]``; returns a scalar.
-    """
-    unclipped = ratio * adv
-    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv
-    return -torch.min(unclipped, clipped).mean()
-
-
 def kl_penalty_loss(ratio: Tensor, adv: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
     """PPO paper, eq. 8, negated:  L^KLPEN = E[ ratio * adv - kl_coef * KL[pi_old(.|s), pi(.|s)] ].
 
@@ -99,19 +87,7 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
     return kl_coef
 
 
-def value_loss(value: Tensor, v_target: Tensor, value_old: Tensor, clip_coef: float | None) -> Tensor:
-    """0.5 * (V(s) - v_target)^2; with ``clip_coef``, the pessimistic clipped form of the PPO2 code:
-
-        0.5 * max((V - v_target)^2, (value_old + clip(V - value_old, -clip_coef, clip_coef) - v_target)^2)
-    """
-    unclipped = (value - v_target).pow(2)
-    if clip_coef is None:
-        return 0.5 * unclipped.mean()
-    clipped = value_old + (value - value_old).clamp(-clip_coef, clip_coef)
-    return 0.5 * torch.max(unclipped, (clipped - v_target).pow(2)).mean()
-
-
-class PPO(Agent):
+class PPO(ActorCriticAgent):
     """PPO for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "ppo"
@@ -120,28 +96,11 @@ class PPO(Agent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic(
-            self.obs_dim,
-            self.action_space,
-            cfg.hidden_sizes,
-            cfg.activation,
-            cfg.policy,
-            cfg.shared_network,
-            cfg.log_std_init,
-            cfg.ortho_init,
-        ).to(self.device)
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.params = list(self.policy.parameters())
         self.optimizers = {"policy": torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"logp": dist.log_prob(action), "value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def extra_state(self) -> dict:
         return {"kl_coef": self.kl_coef}
@@ -248,9 +207,3 @@ class PPO(Agent):
             out["diag/kl"] = dist_kl(self.policy, old_params, data["obs"], dist).mean().item()
         return out
 
-
-def dist_kl(policy: ActorCritic, old_params: dict[str, Tensor], obs: Tensor, dist: Distribution) -> Tensor:
-    """Exact per-sample KL[pi_old(.|s), pi(.|s)], with pi_old given by the parameters before the update."""
-    with torch.no_grad():
-        old_dist = dist_under(policy, old_params, obs)
-    return old_dist.kl(dist)

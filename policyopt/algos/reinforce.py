@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from policyopt.agent import Agent
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance, importance_ess
@@ -191,7 +191,7 @@ def optimal_baseline(A: Tensor, B: Tensor) -> Tensor:
     return (A * B).sum() / B.pow(2).sum().clamp_min(1e-12)
 
 
-class REINFORCE(Agent):
+class REINFORCE(ActorCriticAgent):
     """REINFORCE for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "reinforce"
@@ -207,14 +207,6 @@ class REINFORCE(Agent):
         if cfg.baseline == "value":
             self.optimizers["value"] = torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.critic_learning_rate)
         self.episodes = EpisodeAssembler(cfg.num_envs)
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"logp": dist.log_prob(action), "value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def extra_state(self) -> dict:
         return {"episodes": self.episodes.state_dict()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
+from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
@@ -69,7 +69,7 @@ def surrogate_objective(log_ratio: Tensor, adv: Tensor) -> Tensor:
     return (log_ratio.exp() * adv).mean()
 
 
-class TRPO(Agent):
+class TRPO(ActorCriticAgent):
     """TRPO for Discrete and Box action spaces (Gaussian or Beta policies)."""
 
     name = "trpo"
@@ -81,14 +81,6 @@ class TRPO(Agent):
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
-
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
-        dist, value = self.policy.dist_and_value(obs)
-        action = dist.mode() if deterministic else dist.sample()
-        return action, {"logp": dist.log_prob(action), "value": value}
-
-    def value(self, obs: Tensor) -> Tensor:
-        return self.policy.value(obs)
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
