@@ -134,6 +134,9 @@ class Agent:
     def value(self, obs: Tensor) -> Tensor:
         return torch.zeros(obs.shape[0], device=obs.device)
 
+    def begin_rollout(self, num_envs: int) -> None:
+        """Called by the on-policy runner before each rollout (gSDE draws its exploration noise here)."""
+
     def critic_probe(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """What the overestimation diagnostic (``evaluation.critic_bias``) asks a critic.
 
@@ -307,3 +310,6 @@ class ActorCriticAgent(Agent):
 
     def value(self, obs: Tensor) -> Tensor:
         return self.policy.value(obs)
+
+    def begin_rollout(self, num_envs: int) -> None:
+        self.policy.reset_noise(num_envs)

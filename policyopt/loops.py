@@ -266,6 +266,7 @@ class OnPolicyRunner:
     def collect(self) -> RolloutBuffer:
         agent, buf, device = self.agent, self.buffer, self.agent.device
         buf.reset()
+        agent.begin_rollout(buf.num_envs)
         if self.obs is None:  # first rollout: the reset observation enters the normalizer once
             self.obs = agent.normalize(_tensor(self.collector.raw_obs, device), update=True)
         obs = self.obs

@@ -18,6 +18,7 @@ SMALL = dict(num_envs=2, num_steps=8)
     ("CartPole-v1", {"anneal_lr": True, "ent_coef": 0.01, "max_grad_norm": None}),
     ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True}),
     ("Pendulum-v1", {"policy": "beta", "advantage": "gae"}),
+    ("Pendulum-v1", {"policy": "gsde", "log_std_init": -2.0, "normalize_obs": True}),
 ])
 def test_smoke(env_id, options):
     agent = A2C(env_id, seed=0, preset=False, **SMALL, **options)
@@ -30,6 +31,8 @@ def test_smoke(env_id, options):
         assert np.isfinite(metrics[key]), key
     if options.get("anneal_lr"):
         assert logged[-1]["diag/lr"] < logged[0]["diag/lr"]
+    if options.get("policy") == "gsde":  # the runner drew one exploration matrix per env
+        assert agent.policy.actor_head.weights.shape == (SMALL["num_envs"], 64, 1)
     action = agent.predict(agent.make_eval_env().reset(seed=0)[0])
     assert agent.action_space.contains(int(action) if agent.discrete else action)
 

@@ -115,3 +115,40 @@ def test_categorical_samples_follow_the_probabilities():
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).expand(200_000, 5)
     counts = torch.bincount(Categorical(logits).sample(), minlength=5).double() / 200_000
     torch.testing.assert_close(counts, torch.softmax(logits[0].double(), -1), atol=4e-3, rtol=0)
+
+
+def test_gsde_exploration_is_gaussian_with_the_state_dependent_std():
+    """a = mean + z^T W with W_jk ~ N(0, sigma_jk^2) is, for a fixed z, N(mean, sum_j z_j^2 sigma_jk^2):
+    draw 40k exploration matrices for one state and compare moments and log-density."""
+    from policyopt.core.nets import StateDependentNoiseHead
+
+    torch.manual_seed(1)
+    head = StateDependentNoiseHead(3, 2, log_std_init=-1.0)
+    with torch.no_grad():
+        head.log_sigma.add_(0.3 * torch.randn(3, 2))
+    z = torch.tensor([[0.5, -1.0, 2.0]]).expand(40_000, 3)
+    head.reset_noise(40_000)
+    dist = head(z)
+    actions = dist.sample()
+    expected_std = (z[0].pow(2) @ head.log_sigma.detach().mul(2).exp() + 1e-6).sqrt()
+    torch.testing.assert_close(dist.std[0], expected_std)
+    torch.testing.assert_close(actions.mean(0), dist.mean[0], atol=0.03, rtol=0)
+    torch.testing.assert_close(actions.std(0), expected_std, rtol=0.02, atol=0)
+    ref = D.Normal(dist.mean[0], expected_std)
+    torch.testing.assert_close(dist.log_prob(actions)[:5], ref.log_prob(actions[:5]).sum(-1))
+
+
+def test_gsde_noise_is_fixed_between_resets():
+    """The same state explores the same way until reset_noise; a batch of another size (an update
+    minibatch, a single evaluation state) samples fresh Gaussian noise instead."""
+    from policyopt.core.nets import StateDependentNoiseHead
+
+    head = StateDependentNoiseHead(4, 1, log_std_init=-2.0)
+    obs = torch.randn(3, 4)
+    head.reset_noise(3)
+    first, again = head(obs).sample(), head(obs).sample()
+    torch.testing.assert_close(first, again)
+    head.reset_noise(3)
+    assert not torch.equal(head(obs).sample(), first)
+    single = head(obs[:1])
+    assert single.noise is None and not torch.equal(single.sample(), single.sample())

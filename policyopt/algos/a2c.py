@@ -27,7 +27,7 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
-from policyopt.core.nets import ACTIVATIONS, ActorCritic
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
 from policyopt.core.returns import gae, nstep_returns
 
 
@@ -49,7 +49,7 @@ class A2CConfig(EnvConfig):
     optimizer_eps: float = 1e-5
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
     log_std_init: float = 0.0
     ortho_init: bool = True

@@ -37,7 +37,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.distributions import Distribution
-from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
 from policyopt.core.optim import KFAC
 from policyopt.core.returns import rollout_gae
 
@@ -61,7 +61,7 @@ class ACKTRConfig(EnvConfig):
     momentum: float = 0.9
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
     log_std_init: float = 0.0
     ortho_init: bool = True

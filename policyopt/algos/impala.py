@@ -23,7 +23,7 @@ from torch import Tensor
 from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.nets import ACTIVATIONS, ActorCritic
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
 from policyopt.core.returns import vtrace
 
 
@@ -43,7 +43,7 @@ class IMPALAConfig(EnvConfig):
     adam_eps: float = 1e-5
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
     log_std_init: float = 0.0
     ortho_init: bool = True

@@ -29,7 +29,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss
 from policyopt.core.distributions import Distribution
-from policyopt.core.nets import ACTIVATIONS, ActorCritic, dist_under
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
 from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
 from policyopt.core.returns import rollout_gae
 
@@ -49,7 +49,7 @@ class NPGConfig(EnvConfig):
     batch_size: int = 128  # value-function minibatch size
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     log_std_init: float = 0.0
     ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return

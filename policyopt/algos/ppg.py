@@ -38,7 +38,7 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
-from policyopt.core.nets import ACTIVATIONS, ActorCritic, mlp
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, mlp
 from policyopt.core.optim import fit_regression
 from policyopt.core.returns import gae
 
@@ -64,7 +64,7 @@ class PPGConfig(EnvConfig):
     adam_eps: float = 1e-5
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     log_std_init: float = 0.0
     ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
@@ -118,6 +118,9 @@ class PPG(Agent):
 
     def value(self, obs: Tensor) -> Tensor:
         return self.critic(obs).squeeze(-1)
+
+    def begin_rollout(self, num_envs: int) -> None:
+        self.policy.reset_noise(num_envs)
 
     def extra_state(self) -> dict:
         return {"phase_obs": self.phase_obs, "phase_targets": self.phase_targets}

@@ -26,7 +26,7 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
-from policyopt.core.nets import ACTIVATIONS, ActorCritic
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -56,7 +56,7 @@ class PPOConfig(EnvConfig):
     adam_eps: float = 1e-5
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
     log_std_init: float = 0.0
     ortho_init: bool = True

@@ -53,7 +53,7 @@ from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.nets import ACTIVATIONS, ActorCritic
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
 from policyopt.core.optim import fit_regression
 from policyopt.core.returns import discounted_returns
 
@@ -74,7 +74,7 @@ class REINFORCEConfig(EnvConfig):
     max_grad_norm: float | None = None
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": ("auto", "gaussian", "beta")})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
     log_std_init: float = 0.0
     ortho_init: bool = True
 

@@ -84,6 +84,31 @@ class DiagGaussian:
         return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)
 
 
+class StateDependentGaussian(DiagGaussian):
+    """Generalized state-dependent exploration (gSDE), Raffin et al., "Smooth Exploration for
+    Robotic Reinforcement Learning" (CoRL 2021), section 3:
+
+        a = mean(s) + z(s)^T W,   W_jk ~ N(0, sigma_jk^2), drawn once per rollout, not per step
+
+    with ``z(s)`` the policy's last hidden features. For a given ``s`` the action is Gaussian
+    with ``std_k(s) = sqrt(sum_j z_j(s)^2 sigma_jk^2)``, so ``log_prob``, ``entropy`` and ``kl``
+    are those of ``DiagGaussian(mean, log std(s))``; only sampling differs: ``sample()``
+    returns ``mean + noise`` with the rollout's ``noise = z(s)^T W`` (``[B, d]``), which makes
+    the exploration a smooth function of the state. Without ``noise`` it draws fresh
+    Gaussian noise of the same std.
+    """
+
+    def __init__(self, mean: Tensor, log_std: Tensor, noise: Tensor | None = None):
+        super().__init__(mean, log_std)
+        self.noise = noise
+
+    def sample(self) -> Tensor:
+        if self.noise is None:
+            return super().sample()
+        with torch.no_grad():
+            return self.mean + self.noise
+
+
 class SquashedGaussian:
     """a = loc + scale * tanh(u), u ~ N(mean, std^2): the SAC policy for bounded Box actions.
 

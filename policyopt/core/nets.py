@@ -19,9 +19,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from policyopt.envs.vector import EnvError
-from policyopt.core.distributions import Beta, Categorical, DiagGaussian, Distribution, SquashedGaussian
+from policyopt.core.distributions import (
+    Beta,
+    Categorical,
+    DiagGaussian,
+    Distribution,
+    SquashedGaussian,
+    StateDependentGaussian,
+)
 from policyopt.core.optim import polyak_update, target_copy
 
+POLICIES = ("auto", "gaussian", "beta", "gsde")  # the ``policy`` choices of the on-policy configs
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 _FUNCTIONAL = {nn.Tanh: torch.tanh, nn.ReLU: F.relu, nn.ELU: F.elu, nn.SiLU: F.silu}
 
@@ -107,6 +115,37 @@ class GaussianHead(nn.Module):
         return DiagGaussian(linear(self.mean, features), self.log_std)
 
 
+class StateDependentNoiseHead(nn.Module):
+    """gSDE (``core.distributions.StateDependentGaussian``): mean from the network and a learned
+    ``log_sigma: [in_dim, d]``; std_k(s) = sqrt(sum_j z_j^2 sigma_jk^2 + 1e-6) from the detached
+    features ``z`` (the features are not trained through the std, the paper's default).
+
+    ``reset_noise(n)`` draws the exploration matrices ``W: [n, in_dim, d]``, one per env,
+    W_jk ~ N(0, sigma_jk^2); until the next reset, a batch of ``n`` observations explores with
+    ``noise_i = z(s_i)^T W_i``. The matrices are not saved: a resumed run draws new ones at
+    its next rollout, as every rollout does.
+    """
+
+    def __init__(self, in_dim: int, action_dim: int, log_std_init: float = -2.0, ortho_init: bool = True):
+        super().__init__()
+        self.mean = layer_init(nn.Linear(in_dim, action_dim), gain=0.01, ortho=ortho_init)
+        self.log_sigma = nn.Parameter(torch.full((in_dim, action_dim), float(log_std_init)))
+        self.weights: Tensor | None = None
+
+    def reset_noise(self, n: int) -> None:
+        with torch.no_grad():
+            sigma = self.log_sigma.exp()
+            self.weights = sigma * torch.randn((n, *sigma.shape), device=sigma.device)
+
+    def forward(self, features: Tensor) -> StateDependentGaussian:
+        z = features.detach()
+        log_std = 0.5 * (z.pow(2) @ self.log_sigma.mul(2).exp() + 1e-6).log()
+        noise = None
+        if self.weights is not None and self.weights.shape[0] == z.shape[0]:
+            noise = torch.bmm(z.unsqueeze(1), self.weights).squeeze(1)
+        return StateDependentGaussian(linear(self.mean, features), log_std, noise)
+
+
 class BetaHead(nn.Module):
     """alpha, beta = 1 + softplus(.) so both exceed 1 and the density is unimodal."""
 
@@ -149,6 +188,7 @@ def policy_head(
     """The head that turns features into pi(.|s) for ``action_space``.
 
     ``kind``: ``auto`` (Categorical for Discrete, Gaussian for Box), ``gaussian``, ``beta``,
+    ``gsde`` (Gaussian with state-dependent exploration; start with ``log_std_init`` about -2),
     ``squashed`` (tanh Gaussian).
     """
     if isinstance(action_space, gym.spaces.Discrete):
@@ -161,6 +201,8 @@ def policy_head(
         return GaussianHead(in_dim, flat_dim(action_space), log_std_init, ortho_init)
     if kind == "beta":
         return BetaHead(in_dim, action_space, ortho_init)
+    if kind == "gsde":
+        return StateDependentNoiseHead(in_dim, flat_dim(action_space), log_std_init, ortho_init)
     if kind == "squashed":
         return SquashedGaussianHead(in_dim, action_space)
     raise ValueError(f"unknown policy kind {kind!r}; choose auto, gaussian, beta or squashed")
@@ -231,6 +273,11 @@ class ActorCritic(nn.Module):
     def _critic(self, x: Tensor) -> Tensor:
         out = linear(self.critic, x) if isinstance(self.critic, nn.Linear) else self.critic(x)
         return out.squeeze(-1)
+
+    def reset_noise(self, num_envs: int) -> None:
+        """New gSDE exploration matrices, one per env (nothing for the other policy heads)."""
+        if isinstance(self.actor_head, StateDependentNoiseHead):
+            self.actor_head.reset_noise(num_envs)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         return [*self.actor_body.parameters(), *self.actor_head.parameters()]
