@@ -157,9 +157,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.steps is not None and args.steps <= 0:
             raise ConfigError(f"--steps must be > 0, got {args.steps}")
         agent = cls(env_id, seed=args.seed, device=args.device, preset=not args.no_preset, config=overrides)
-        steps = args.steps or agent.suggested_steps or FALLBACK_STEPS
+        solver = getattr(cls, "solves_to_convergence", False)  # DP: --steps caps the iterations
+        steps = args.steps or agent.suggested_steps or (None if solver else FALLBACK_STEPS)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(env_id, cls.name, args.seed)
-        print(f"training {cls.name} on {env_id} for {steps} steps, seed {args.seed} -> {run_dir}")
+        budget = "until converged" if steps is None else f"for {steps} {'iterations' if solver else 'steps'}"
+        print(f"training {cls.name} on {env_id} {budget}, seed {args.seed} -> {run_dir}")
         try:
             agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
         finally:

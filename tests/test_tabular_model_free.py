@@ -163,3 +163,9 @@ def test_q_learning_succeeds_on_slippery_frozen_lake():
     agent = QLearning("FrozenLake-v1", seed=0, config={"log_interval": 10_000}).learn(progress=False)
     assert agent.global_step == 30_000  # the FrozenLake-v1 preset's budget
     assert np.mean(agent.evaluate(1000)) >= 0.7
+
+
+def test_model_free_pictures_know_the_terminal_cells_from_the_env_model():
+    """No greedy-policy arrow on FrozenLake's holes and goal: read from env.unwrapped.P, for drawing only."""
+    agent = QLearning("FrozenLake-v1", seed=0)
+    assert np.flatnonzero(agent.terminal_states()).tolist() == [5, 7, 11, 12, 15]

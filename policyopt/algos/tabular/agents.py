@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -53,6 +53,8 @@ class PolicyIterationConfig(TabularConfig):
 
 class DPAgent(TabularAgent):
     """Shared by the dynamic-programming agents: the model, V, the greedy policy, the solve loop."""
+
+    solves_to_convergence: ClassVar[bool] = True  # learn() needs no budget; total_steps caps the iterations
 
     def build(self, env: gym.Env) -> None:
         try:

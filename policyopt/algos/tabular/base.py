@@ -26,6 +26,7 @@ import torch
 
 from policyopt import checkpoint, loops
 from policyopt.agent import resolve_config, rng_state, seed_everything, set_rng_state
+from policyopt.algos.tabular.mdp import from_env
 from policyopt.algos.tabular.plot import grid_layout, plot_values
 from policyopt.config import ConfigError, build_config, preset, to_json
 from policyopt.envs.vector import EnvError, EnvLike, Snapshot
@@ -190,8 +191,16 @@ class TabularAgent:
             plot_values(values, policy, self.terminal_states(), self.layout, run_dir / "values.png", title)
 
     def terminal_states(self) -> np.ndarray:
-        """Bool ``[S]``; model-free agents do not know them and mark none."""
-        return np.zeros(self.n_states, dtype=bool)
+        """Bool ``[S]``, for the picture only (no arrow is drawn on a terminal cell): read from
+        the env's model where it exposes one (toy text, ``MDPEnv``), none otherwise. Model-free
+        agents never learn from it."""
+        env = self.make_env()
+        try:
+            return from_env(env, 1.0).terminal
+        except ValueError:
+            return np.zeros(self.n_states, dtype=bool)
+        finally:
+            env.close()
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
