@@ -57,7 +57,7 @@ class A2CConfig(EnvConfig):
 
 
 class A2C(ActorCriticAgent):
-    """A2C for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """A2C for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "a2c"
     Config = A2CConfig

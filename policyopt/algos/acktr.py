@@ -35,8 +35,8 @@ from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
-from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.distributions import Distribution
+from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
 from policyopt.core.optim import KFAC
 from policyopt.core.returns import rollout_gae
@@ -84,7 +84,7 @@ def sampled_fisher_loss(dist: Distribution, value: Tensor, vf_fisher_coef: float
 
 
 class ACKTR(ActorCriticAgent):
-    """ACKTR for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """ACKTR for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "acktr"
     Config = ACKTRConfig

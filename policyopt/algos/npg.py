@@ -27,8 +27,8 @@ from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
-from policyopt.core.losses import policy_gradient_loss
 from policyopt.core.distributions import Distribution
+from policyopt.core.losses import policy_gradient_loss
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
 from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
 from policyopt.core.returns import rollout_gae
@@ -62,7 +62,7 @@ class NPGConfig(EnvConfig):
 
 
 class NPG(ActorCriticAgent):
-    """Natural policy gradient for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """Natural policy gradient for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "npg"
     Config = NPGConfig

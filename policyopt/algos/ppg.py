@@ -92,7 +92,7 @@ def joint_loss(aux_value: Tensor, v_target: Tensor, kl: Tensor, beta_clone: floa
 
 
 class PPG(Agent):
-    """PPG for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """PPG for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "ppg"
     Config = PPGConfig

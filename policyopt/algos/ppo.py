@@ -88,7 +88,7 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
 
 
 class PPO(ActorCriticAgent):
-    """PPO for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """PPO for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "ppo"
     Config = PPOConfig
@@ -206,4 +206,3 @@ class PPO(ActorCriticAgent):
         if old_params is not None:
             out["diag/kl"] = dist_kl(self.policy, old_params, data["obs"], dist).mean().item()
         return out
-

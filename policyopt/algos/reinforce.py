@@ -192,7 +192,7 @@ def optimal_baseline(A: Tensor, B: Tensor) -> Tensor:
 
 
 class REINFORCE(ActorCriticAgent):
-    """REINFORCE for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """REINFORCE for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "reinforce"
     Config = REINFORCEConfig

@@ -70,7 +70,7 @@ def surrogate_objective(log_ratio: Tensor, adv: Tensor) -> Tensor:
 
 
 class TRPO(ActorCriticAgent):
-    """TRPO for Discrete and Box action spaces (Gaussian or Beta policies)."""
+    """TRPO for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
     name = "trpo"
     Config = TRPOConfig

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from policyopt.envs.vector import EnvError
 from policyopt.core.distributions import (
     Beta,
     Categorical,
@@ -28,6 +27,7 @@ from policyopt.core.distributions import (
     StateDependentGaussian,
 )
 from policyopt.core.optim import polyak_update, target_copy
+from policyopt.envs.vector import EnvError
 
 POLICIES = ("auto", "gaussian", "beta", "gsde")  # the ``policy`` choices of the on-policy configs
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
