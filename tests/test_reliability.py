@@ -102,11 +102,26 @@ def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
     (["train", "ppo", "--steps", "0"], "--steps must be > 0"),
     (["train", "ppo", "--env", "cartpole"], "unknown environment 'cartpole'"),
     (["train", "tpro"], "did you mean trpo"),
+    (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
+    (["train", "ppx"], "unknown algorithm 'ppx'; did you mean ppo"),
+    (["train", "ppo", "--set", "gama=0.9"], "unknown config key 'gama'"),
+    (["train", "ppo", "--set", "gamma=1.5"], "gamma must be in (0, 1]"),
+    (["train", "ppo", "--set", "clip_coef=0"], "clip_coef must be > 0"),
+    (["train", "ppo", "--steps", "-5"], "--steps must be > 0"),
+    (["train", "ppo", "--set", "num_envs=two"], "num_envs expects an integer"),
+    (["train", "ppo", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["eval", "/nonexistent-run"], "does not exist"),
+    (["bogus"], "invalid choice"),
 ])
 def test_bad_input_is_rejected_in_one_line_before_training(tmp_path, args, message, capsys):
-    code, err = run_cli([*args, "--run-dir", str(tmp_path / "run")], capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
-    assert not (tmp_path / "run").exists()  # nothing was trained or written
+    """Exit code 2 and stderr is exactly one ``error:`` line; a rejected ``train`` writes nothing."""
+    run = tmp_path / "run"
+    if args[0] == "train":
+        args = [*args, "--run-dir", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not run.exists()  # nothing was trained or written
 
 
 def test_dict_observations_train_when_flattening_is_asked_for(tmp_path, capsys):
