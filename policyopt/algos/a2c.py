@@ -28,6 +28,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.optim import adam
 from policyopt.core.returns import gae, nstep_returns
 
 
@@ -69,9 +70,9 @@ class A2C(ActorCriticAgent):
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         params = self.policy.parameters()
         if cfg.optimizer == "rmsprop":
-            optimizer = torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps)
+            optimizer = torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps, foreach=True)
         else:
-            optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.optimizer_eps)
+            optimizer = adam(params, lr=cfg.learning_rate, eps=cfg.optimizer_eps, fused=False)
         self.optimizers = {"policy": optimizer}
 
     def advantages(self, buf: RolloutBuffer) -> tuple[Tensor, Tensor]:

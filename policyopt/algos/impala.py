@@ -24,6 +24,7 @@ from policyopt.agent import ActorCriticAgent
 from policyopt.config import EnvConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.optim import adam
 from policyopt.core.returns import vtrace
 
 
@@ -91,7 +92,7 @@ class IMPALA(ActorCriticAgent):
         cfg = self.config
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
-        self.optimizers = {"policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)}
+        self.optimizers = {"policy": adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)}
 
     def make_runner(self):
         from policyopt.distributed.runners import ImpalaRunner

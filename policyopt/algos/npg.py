@@ -30,7 +30,7 @@ from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
 from policyopt.core.losses import policy_gradient_loss
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
-from policyopt.core.optim import fit_regression, flat_params, natural_gradient_step, set_flat_params
+from policyopt.core.optim import adam, fit_regression, flat_params, natural_gradient_step, set_flat_params
 from policyopt.core.returns import rollout_gae
 
 
@@ -72,7 +72,7 @@ class NPG(ActorCriticAgent):
         cfg = self.config
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
-        self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
+        self.optimizers = {"value": adam(self.policy.critic_parameters(), lr=cfg.learning_rate, fused=False)}
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config

@@ -39,7 +39,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, mlp
-from policyopt.core.optim import fit_regression
+from policyopt.core.optim import adam, fit_regression
 from policyopt.core.returns import gae
 
 
@@ -105,8 +105,8 @@ class PPG(Agent):
         self.critic = mlp(self.obs_dim, cfg.hidden_sizes, 1, cfg.activation, ortho_init=cfg.ortho_init).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy, "critic": self.critic})
         self.optimizers = {
-            "policy": torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps),
-            "value": torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps),
+            "policy": adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False),
+            "value": adam(self.critic.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False),
         }
         self.phase_obs: list[Tensor] = []
         self.phase_targets: list[Tensor] = []

@@ -27,6 +27,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.optim import adam
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -99,7 +100,7 @@ class PPO(ActorCriticAgent):
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.params = list(self.policy.parameters())
-        self.optimizers = {"policy": torch.optim.Adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps)}
+        self.optimizers = {"policy": adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
 
     def extra_state(self) -> dict:

@@ -54,7 +54,7 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
-from policyopt.core.optim import fit_regression
+from policyopt.core.optim import adam, fit_regression
 from policyopt.core.returns import discounted_returns
 
 BASELINES = ("none", "mean", "value", "optimal")
@@ -203,9 +203,9 @@ class REINFORCE(ActorCriticAgent):
         value_head = cfg.baseline == "value"
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg, value_head=value_head).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
-        self.optimizers = {"policy": torch.optim.Adam(self.policy.actor_parameters(), lr=cfg.learning_rate)}
+        self.optimizers = {"policy": adam(self.policy.actor_parameters(), lr=cfg.learning_rate, fused=False)}
         if cfg.baseline == "value":
-            self.optimizers["value"] = torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.critic_learning_rate)
+            self.optimizers["value"] = adam(self.policy.critic_parameters(), lr=cfg.critic_learning_rate, fused=False)
         self.episodes = EpisodeAssembler(cfg.num_envs)
 
     def extra_state(self) -> dict:

@@ -28,7 +28,7 @@ from policyopt.config import EnvConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
-from policyopt.core.optim import backtracking_line_search, fit_regression, natural_gradient_step
+from policyopt.core.optim import adam, backtracking_line_search, fit_regression, natural_gradient_step
 from policyopt.core.returns import rollout_gae
 
 
@@ -80,7 +80,7 @@ class TRPO(ActorCriticAgent):
         cfg = self.config
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
-        self.optimizers = {"value": torch.optim.Adam(self.policy.critic_parameters(), lr=cfg.learning_rate)}
+        self.optimizers = {"value": adam(self.policy.critic_parameters(), lr=cfg.learning_rate, fused=False)}
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
