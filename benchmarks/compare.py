@@ -3,8 +3,8 @@
     python benchmarks/compare.py --algo ppo --env CartPole-v1 --steps 100000 --seeds 0 1 2 --threshold 475
     python benchmarks/compare.py --algo sac --env Pendulum-v1 --steps 20000 --seeds 0 1 2 --threshold -200
 
-Each (library, seed) trains in a fresh child process, one after the other, so timings and
-peak memory do not leak between runs. Both libraries get the same hyperparameters: the
+Each (library, seed) trains in a fresh child process, one after the other (seed by seed, the
+libraries back to back), so timings and peak memory do not leak between runs. Both libraries get the same hyperparameters: the
 policyopt config (preset for the env + ``--set`` overrides) is translated to SB3 keywords.
 Every ``--eval-every`` steps the training clock stops and both policies are evaluated the
 same way (``--eval-episodes`` deterministic episodes on a fresh Gymnasium env, seeds
@@ -243,7 +243,8 @@ def summarize(rows: list[dict], args, raw: dict) -> str:
         ours, peer = by_lib["policyopt"], by_lib["sb3"]
         ratio = np.mean([r["sps"] for r in ours]) / np.mean([r["sps"] for r in peer])
         lines.append("")
-        lines.append(f"steps/s ratio policyopt / sb3: **{ratio:.2f}x**")
+        paired = ", ".join(f"{a['sps'] / b['sps']:.2f}" for a, b in zip(ours, peer))
+        lines.append(f"steps/s ratio policyopt / sb3: **{ratio:.2f}x** (per seed: {paired})")
         t_ours = [r["time_to_threshold"] for r in ours]
         t_peer = [r["time_to_threshold"] for r in peer]
         if None not in t_ours and None not in t_peer:
@@ -278,8 +279,10 @@ def main() -> None:
         return
 
     rows = []
-    for lib in args.libs:
-        for seed in args.seeds:
+    # seed by seed, the libraries back to back, so that a change in the machine's load (a shared
+    # VM's neighbours) hits both libraries alike instead of one library's whole block
+    for seed in args.seeds:
+        for lib in args.libs:
             cmd = [sys.executable, __file__, "--child", "--lib", lib, "--seed", str(seed)] + [
                 a for a in sys.argv[1:] if a not in ("--save",)
             ]

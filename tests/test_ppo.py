@@ -110,3 +110,16 @@ def test_same_seed_same_parameters():
 def test_ppo_solves_cartpole_in_100k_steps(seed):
     agent = PPO("CartPole-v1", seed=seed).learn(100_000, progress=False)
     assert np.mean(agent.evaluate(20)) >= 475
+
+
+def test_compiled_update_matches_eager():
+    """compile=true runs the minibatch loss and the clipped Adam step through torch.compile; with
+    the learning rate and clip range annealed between updates, it tracks the eager update."""
+    options = dict(num_envs=4, num_steps=64, batch_size=64, update_epochs=4, anneal_lr=True, anneal_clip=True)
+    eager = PPO("CartPole-v1", seed=0, preset=False, **options).learn(768, progress=False)
+    compiled = PPO("CartPole-v1", seed=0, preset=False, compile=True, **options).learn(768, progress=False)
+    moved = False
+    for x, y, init in zip(eager.nets.parameters(), compiled.nets.parameters(), PPO("CartPole-v1", seed=0, preset=False, **options).nets.parameters()):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+        moved |= not torch.allclose(x, init)
+    assert moved

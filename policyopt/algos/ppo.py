@@ -55,6 +55,7 @@ class PPOConfig(EnvConfig):
     max_grad_norm: float | None = 0.5
     target_kl: float | None = None  # stop the update once a minibatch's KL exceeds 1.5 * target_kl
     adam_eps: float = 1e-5
+    compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
     hidden_sizes: tuple[int, ...] = (64, 64)
     activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
     policy: str = field(default="auto", metadata={"choices": POLICIES})
@@ -100,8 +101,15 @@ class PPO(ActorCriticAgent):
         self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
         self.nets = torch.nn.ModuleDict({"policy": self.policy})
         self.params = list(self.policy.parameters())
-        self.optimizers = {"policy": adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)}
+        if cfg.compile:  # the learning rate as a tensor, so that annealing it does not recompile
+            lr = torch.tensor(cfg.learning_rate, device=self.device)
+            optimizer = torch.optim.Adam(self.params, lr=lr, eps=cfg.adam_eps, foreach=True, capturable=True)
+        else:
+            optimizer = adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)
+        self.optimizers = {"policy": optimizer}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
+        self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
+        self.apply_gradients = torch.compile(self._apply_gradients) if cfg.compile else self._apply_gradients
 
     def extra_state(self) -> dict:
         return {"kl_coef": self.kl_coef}
@@ -130,47 +138,34 @@ class PPO(ActorCriticAgent):
         lr, clip = self._schedule(n)
         optimizer = self.optimizers["policy"]
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         uses_kl = cfg.objective in ("adaptive_kl", "fixed_kl")
         old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()} if uses_kl else None
-        vclip = clip if cfg.clip_vloss else None
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
 
         sums = torch.zeros(4, device=self.device)  # policy loss, value loss, entropy, grad norm
         steps = 0
         epochs_run = 0
         stop = False
+        coefs = (clip, self.kl_coef)
+        if cfg.compile:  # as tensors, so that an annealed or adapted value does not recompile
+            coefs = tuple(torch.tensor(c, device=self.device) for c in coefs)
         for _ in range(cfg.update_epochs):
             epochs_run += 1
             for idx in minibatch_indices(n, cfg.batch_size, self.device):
-                obs, act = data["obs"][idx], data["action"][idx]
-                dist, value = self.policy.dist_and_value(obs)
-                log_ratio = dist.log_prob(act) - data["logp"][idx]
-                ratio = log_ratio.exp()
-                mb_adv = data["adv"][idx]
-                if cfg.norm_adv and len(idx) > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                if cfg.objective == "clip":
-                    pg_loss = clipped_surrogate_loss(ratio, mb_adv, clip)
-                else:
-                    kl = dist_kl(self.policy, old_params, obs, dist) if uses_kl else torch.zeros_like(ratio)
-                    pg_loss = kl_penalty_loss(ratio, mb_adv, kl, self.kl_coef)
-                v_loss = value_loss(value, data["v_target"][idx], data["value"][idx], vclip)
-                entropy = dist.entropy().mean()
-                loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+                mb = {k: v[idx] for k, v in data.items()}
+                loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
                 for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
                     p.grad = None
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-                optimizer.step()
-                sums += torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach(), grad_norm.detach()])
+                grad_norm = self.apply_gradients()
+                sums += torch.cat([terms, grad_norm.reshape(1)])
                 steps += 1
-                if cfg.target_kl is not None:
-                    with torch.no_grad():
-                        approx_kl = ((ratio - 1.0) - log_ratio).mean().item()
-                    if approx_kl > 1.5 * cfg.target_kl:  # SB3's early stop, per minibatch
-                        stop = True
-                        break
+                if approx_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
+                    stop = True  # SB3's early stop, per minibatch
+                    break
             if stop:
                 break
 
@@ -191,6 +186,43 @@ class PPO(ActorCriticAgent):
         if uses_kl:
             metrics["diag/kl_coef"] = self.kl_coef
         return metrics
+
+    def _apply_gradients(self) -> Tensor:
+        """Clip the gradient norm to ``max_grad_norm`` and take the Adam step; returns the norm
+        before clipping. Compiled with ``compile=true``."""
+        max_norm = self.config.max_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm is not None else float("inf"))
+        self.optimizers["policy"].step()
+        return grad_norm.detach()
+
+    def _minibatch_loss(
+        self, mb: dict[str, Tensor], coefs: tuple, old_params: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(loss, [policy loss, value loss, entropy], approx KL or None)`` of one minibatch.
+
+        ``coefs = (clip_coef, kl_coef)`` of this update. The approximate KL is computed only for
+        ``target_kl``. With ``compile=true`` this function runs through ``torch.compile``.
+        """
+        cfg = self.config
+        clip, kl_coef = coefs
+        dist, value = self.policy.dist_and_value(mb["obs"])
+        log_ratio = dist.log_prob(mb["action"]) - mb["logp"]
+        ratio = log_ratio.exp()
+        adv = mb["adv"]
+        if cfg.norm_adv and adv.shape[0] > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        if cfg.objective == "clip":
+            pg_loss = clipped_surrogate_loss(ratio, adv, clip)
+        else:
+            kl = dist_kl(self.policy, old_params, mb["obs"], dist) if old_params is not None else torch.zeros_like(ratio)
+            pg_loss = kl_penalty_loss(ratio, adv, kl, kl_coef)
+        v_loss = value_loss(value, mb["v_target"], mb["value"], clip if cfg.clip_vloss else None)
+        entropy = dist.entropy().mean()
+        loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+        approx_kl = None
+        if cfg.target_kl is not None:
+            approx_kl = ((ratio - 1.0) - log_ratio).detach().mean()
+        return loss, torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach()]), approx_kl
 
     @torch.no_grad()
     def _ratio_diagnostics(self, data: dict[str, Tensor], clip: float, old_params: dict | None) -> dict[str, float]:
