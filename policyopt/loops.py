@@ -142,11 +142,17 @@ class Collector:
     """Owns the vector env of a training run: the current observation and episode statistics."""
 
     def __init__(self, agent: Agent):
-        cfg = agent.config
         self.agent = agent
-        self.envs = VecEnv(agent.env, cfg.num_envs, agent.seed, asynchronous=cfg.async_envs, flatten_obs=cfg.flatten_obs)
+        self.envs = self.make_envs()
         self.raw_obs = self.envs.reset()
-        self.stats = EpisodeStats(cfg.num_envs)
+        self.stats = self.make_stats()
+
+    def make_envs(self) -> VecEnv:
+        cfg = self.agent.config
+        return VecEnv(self.agent.env, cfg.num_envs, self.agent.seed, asynchronous=cfg.async_envs, flatten_obs=cfg.flatten_obs)
+
+    def make_stats(self) -> EpisodeStats:
+        return EpisodeStats(self.agent.config.num_envs)
 
     def env_action(self, action: Tensor) -> np.ndarray:
         """The policy's action as the envs take it (``Agent.to_env``)."""
@@ -189,17 +195,20 @@ class TorchCollector(Collector):
     actions, observations and rewards stay tensors there, no step goes through the host."""
 
     def __init__(self, agent: Agent):
-        from policyopt.envs.torch_envs import make_torch_vec_env
-
-        cfg = agent.config
-        self.agent = agent
-        self.envs = make_torch_vec_env(agent.env_id, cfg.num_envs, agent.seed, device=agent.device)
-        self.raw_obs = self.envs.reset()
-        self.stats = TorchEpisodeStats(cfg.num_envs, agent.device)
+        super().__init__(agent)
         if not agent.discrete:
             space = agent.action_space
             self.low = torch.as_tensor(space.low, device=agent.device)
             self.high = torch.as_tensor(space.high, device=agent.device)
+
+    def make_envs(self) -> Any:
+        from policyopt.envs.torch_envs import make_torch_vec_env
+
+        agent = self.agent
+        return make_torch_vec_env(agent.env_id, agent.config.num_envs, agent.seed, device=agent.device)
+
+    def make_stats(self) -> TorchEpisodeStats:
+        return TorchEpisodeStats(self.agent.config.num_envs, self.agent.device)
 
     def env_action(self, action: Tensor) -> Tensor:
         """Integers, or floats clipped to the Box bounds, as tensors on the device."""

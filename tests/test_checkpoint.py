@@ -79,6 +79,7 @@ def stop_at(step):
 @pytest.mark.parametrize("env_id,overrides", [
     ("CartPole-v1", {}),
     ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True, "anneal_lr": True}),
+    ("Pendulum-v1", {"policy": "gsde", "log_std_init": -2.0}),  # exploration matrices redrawn per rollout
 ])
 def test_resume_matches_uninterrupted_run(tmp_path, env_id, overrides):
     common = dict(seed=3, num_envs=2, num_steps=64, batch_size=32, update_epochs=2, **overrides)
