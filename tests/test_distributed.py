@@ -91,6 +91,39 @@ def test_worker_fills_the_same_buffer_fields_as_the_single_machine_runner():
     assert n.item() == pytest.approx(2 * 33)  # the reset observations, then 32 steps of 2 envs
 
 
+def test_a_worker_hands_its_reward_statistics_to_its_replacement():
+    agent = PPO("Pendulum-v1", seed=0, preset=False, normalize_reward=True, **SMALL)
+    spec = AgentSpec.of(agent, num_envs=2, workers=0)
+    sample = RolloutWorker(spec, seed=1).sample(policy_weights(agent))
+    assert sample.reward_scaler["rms.count"].item() == pytest.approx(1e-4 + 64)  # 32 steps of 2 envs
+    replacement = RolloutWorker(spec, seed=2, reward_scaler=sample.reward_scaler)
+    state = replacement.runner.reward_scaler.state_dict()
+    for name in ("rms.mean", "rms.var", "rms.count"):
+        assert torch.equal(state[name], sample.reward_scaler[name]), name
+    assert not state["ret"].any()  # its envs start new episodes
+    assert RolloutWorker(spec, seed=1).sample(policy_weights(agent)).reward_scaler is not None
+
+
+@pytest.mark.ray
+def test_resumed_workers_continue_the_reward_statistics(ray_session, tmp_path):
+    from policyopt.loops import resume
+
+    common = dict(seed=0, preset=False, workers=2, normalize_reward=True, **SMALL)  # 2 envs per worker
+    cut = PPO("Pendulum-v1", **common)
+    try:
+        cut.learn(1024, run_dir=tmp_path, progress=False, callback=lambda a, m: a.global_step < 512)
+        saved = [s["rms.count"].item() for s in cut.runner.pool.reward_scalers]
+    finally:
+        cut.close()
+    assert saved == [pytest.approx(1e-4 + 4 * 64)] * 2  # 4 rollouts of 32 steps x 2 envs each
+    resumed = resume(tmp_path, progress=False)
+    try:
+        counts = [s["rms.count"].item() for s in resumed.runner.pool.reward_scalers]
+    finally:
+        resumed.close()
+    assert counts == [pytest.approx(1e-4 + 8 * 64)] * 2  # continued, not restarted at 0
+
+
 @pytest.mark.ray
 def test_distributed_ppo_fills_the_same_buffer_and_learns(ray_session):
     agent = PPO("CartPole-v1", seed=0, workers=2, normalize_obs=True, num_envs=8)

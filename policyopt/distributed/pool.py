@@ -5,7 +5,8 @@ object store, read by every worker) and sends each worker a request carrying tha
 Rollouts are taken as they arrive (``ray.wait``). When an actor dies (its process is killed,
 its node goes away: ``ray.exceptions.RayActorError``), the pool starts a replacement with a
 fresh seed derived from the worker's index and its restart count, re-sends the request with
-the newest weights, and training goes on.
+the newest weights, and training goes on; the replacement continues the dead worker's reward
+statistics (``normalize_reward``) from its last rollout.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class WorkerPool:
         self.seed, self.generation = agent.seed, agent.global_step
         self.restarts = [0] * num_workers
         self.failures_in_a_row = [0] * num_workers
+        self.reward_scalers: list[dict | None] = [None] * num_workers  # each worker's latest, from its samples
         self.actors = [self._start(i) for i in range(num_workers)]
         self.pending: dict[Any, tuple[int, int]] = {}  # request -> (worker index, weights version)
         self.weights: Any = None
@@ -54,7 +56,7 @@ class WorkerPool:
 
     def _start(self, index: int) -> Any:
         seed = worker_seed(self.seed, self.generation, index, self.restarts[index])
-        return self.actor_cls.remote(self.spec, seed, self.store_next_obs)
+        return self.actor_cls.remote(self.spec, seed, self.store_next_obs, self.reward_scalers[index])
 
     def publish(self, agent: Agent) -> None:
         """Put the agent's current weights in the object store; later requests carry them."""
@@ -80,6 +82,7 @@ class WorkerPool:
                 self.submit(index)
                 continue
             self.failures_in_a_row[index] = 0
+            self.reward_scalers[index] = sample.reward_scaler
             sample.index, sample.version = index, version
             return sample
 
@@ -109,7 +112,13 @@ class WorkerPool:
         self.pending.clear()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"restarts": list(self.restarts)}
+        return {"restarts": list(self.restarts), "reward_scalers": list(self.reward_scalers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters and hand each live worker its reward statistics (Ray runs an
+        actor's calls in order, so its next rollout already uses them)."""
         self.restarts = [int(r) for r in state["restarts"]]
+        self.reward_scalers = list(state.get("reward_scalers", [None] * self.num_workers))
+        for actor, scaler in zip(self.actors, self.reward_scalers, strict=True):
+            if scaler is not None:
+                actor.load_reward_scaler.remote(scaler)

@@ -5,7 +5,9 @@ A worker rebuilds the learner's agent in its own process from an ``AgentSpec`` a
 sent, collects one rollout of ``num_steps x num_envs`` transitions exactly as the
 single-machine runner does (same fields: obs, action, reward, terminated, done, final_value,
 next_value and the extras of ``agent.act``, i.e. the behaviour policy's ``logp``), and returns
-it with the episodes that finished and the observation statistics it gathered.
+it with the episodes that finished, the observation statistics it gathered and the state of
+its reward scaler (``normalize_reward``), which the pool keeps for checkpoints and
+replacements.
 
 ``RolloutWorker`` is a plain class; ``pool.WorkerPool`` turns it into a Ray actor.
 """
@@ -67,6 +69,7 @@ class Sample:
     returns: list[float]
     lengths: list[int]
     obs_moments: tuple[Tensor, Tensor, Tensor] | None  # (mean, var, n) of the observations seen
+    reward_scaler: dict[str, Tensor] | None = None  # the worker's RewardScaler state after the rollout
     index: int = -1
     version: int = -1
     num_steps: int = field(init=False)
@@ -78,13 +81,22 @@ class Sample:
 class RolloutWorker:
     """A copy of the agent acting in its own vector env; run as a Ray actor by ``WorkerPool``."""
 
-    def __init__(self, spec: AgentSpec, seed: int, store_next_obs: bool = False):
+    def __init__(self, spec: AgentSpec, seed: int, store_next_obs: bool = False, reward_scaler: dict | None = None):
         torch.set_num_threads(1)  # one core per worker; the learner has its own
         self.agent = spec.build(seed)
         self.runner = OnPolicyRunner(self.agent, store_next_obs=store_next_obs)
+        self.load_reward_scaler(reward_scaler)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def load_reward_scaler(self, state: dict[str, Tensor] | None) -> None:
+        """Continue the reward statistics of the worker this one replaces (or of a checkpoint).
+        The running discounted returns restart at 0: this worker's envs start new episodes."""
+        scaler = self.runner.reward_scaler
+        if state is not None and scaler is not None:
+            scaler.load_state_dict(state)
+            scaler.ret.zero_()
 
     @torch.no_grad()
     def sample(self, weights: dict[str, Any]) -> Sample:
@@ -96,4 +108,6 @@ class RolloutWorker:
         buffer = self.runner.collect()
         returns, lengths = self.runner.collector.stats.pop()
         moments = agent.obs_normalizer.rms.added_since(before) if agent.obs_normalizer is not None else None
-        return Sample(dict(buffer.data), returns, lengths, moments)
+        scaler = self.runner.reward_scaler
+        scaler_state = {k: v.clone() for k, v in scaler.state_dict().items()} if scaler is not None else None
+        return Sample(dict(buffer.data), returns, lengths, moments, scaler_state)
