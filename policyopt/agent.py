@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -31,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from policyopt import checkpoint
-from policyopt.config import ConfigError, build_config, preset, to_dict, to_json
+from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_dict, to_json
+from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
@@ -294,6 +296,17 @@ class Agent:
         """Rebuild a saved agent; ``env`` is needed only when it was not a registered id."""
         payload = checkpoint.load(path, map_location=device)
         return cls.from_state(payload["agent"], env=env, device=device)
+
+
+@dataclass
+class ActorCriticConfig(EnvConfig):
+    """The network fields every ``ActorCriticAgent`` config has (read by ``ActorCritic.from_config``)."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
+    policy: str = field(default="auto", metadata={"choices": POLICIES})
+    log_std_init: float = 0.0
+    ortho_init: bool = True
 
 
 class ActorCriticAgent(Agent):

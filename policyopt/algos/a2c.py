@@ -22,18 +22,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam
 from policyopt.core.returns import gae, nstep_returns
 
 
 @dataclass
-class A2CConfig(EnvConfig):
+class A2CConfig(ActorCriticConfig):
     num_envs: int = 8
     num_steps: int = 5  # steps per env per update
     learning_rate: float = 7e-4
@@ -48,12 +47,7 @@ class A2CConfig(EnvConfig):
     optimizer: str = field(default="rmsprop", metadata={"choices": ("rmsprop", "adam")})
     rmsprop_alpha: float = 0.99
     optimizer_eps: float = 1e-5
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
 

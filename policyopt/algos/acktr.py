@@ -26,24 +26,23 @@ large early gradients would use up the radius and freeze the policy. Returns are
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
 from policyopt.core.losses import policy_gradient_loss, value_loss
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
+from policyopt.core.nets import ActorCritic, dist_under
 from policyopt.core.optim import KFAC
 from policyopt.core.returns import rollout_gae
 
 
 @dataclass
-class ACKTRConfig(EnvConfig):
+class ACKTRConfig(ActorCriticConfig):
     num_envs: int = 8
     num_steps: int = 20  # steps per env per rollout
     learning_rate: float = 0.25  # eta_max, the largest K-FAC step
@@ -59,12 +58,7 @@ class ACKTRConfig(EnvConfig):
     damping: float = 0.01  # Tikhonov damping of each Kronecker-factored block
     stats_decay: float = 0.95  # running-average decay of the K-FAC factors
     momentum: float = 0.9
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
 

@@ -15,21 +15,20 @@ Needs Ray: ``pip install 'policyopt[ray]'``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam
 from policyopt.core.returns import vtrace
 
 
 @dataclass
-class IMPALAConfig(EnvConfig):
+class IMPALAConfig(ActorCriticConfig):
     workers: int = 2  # actor processes (Ray actors)
     num_envs: int = 8  # envs per actor
     num_steps: int = 20  # unroll length: steps per env in one trajectory
@@ -42,12 +41,7 @@ class IMPALAConfig(EnvConfig):
     vf_coef: float = 0.5
     max_grad_norm: float | None = 40.0
     adam_eps: float = 1e-5
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
-    log_std_init: float = 0.0
-    ortho_init: bool = True
 
     def check(self) -> list[str]:
         problems = []

@@ -18,24 +18,23 @@ between policy steps by ``n_critic_updates`` epochs of minibatch Adam, as in TRP
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
 from policyopt.core.losses import policy_gradient_loss
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
+from policyopt.core.nets import ActorCritic, dist_under
 from policyopt.core.optim import adam, fit_regression, flat_params, natural_gradient_step, set_flat_params
 from policyopt.core.returns import rollout_gae
 
 
 @dataclass
-class NPGConfig(EnvConfig):
+class NPGConfig(ActorCriticConfig):
     num_envs: int = 1
     num_steps: int = 2048  # steps per env per rollout
     gamma: float = 0.99
@@ -47,11 +46,6 @@ class NPGConfig(EnvConfig):
     learning_rate: float = 1e-3  # Adam step of the value-function fit
     n_critic_updates: int = 10  # epochs of value-function minibatches per rollout
     batch_size: int = 128  # value-function minibatch size
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:

@@ -28,23 +28,22 @@ resumed run continues the phase exactly where it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from policyopt.agent import Agent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticConfig, Agent
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, mlp
+from policyopt.core.nets import ActorCritic, mlp
 from policyopt.core.optim import adam, fit_regression
 from policyopt.core.returns import gae
 
 
 @dataclass
-class PPGConfig(EnvConfig):
+class PPGConfig(ActorCriticConfig):
     num_envs: int = 8
     num_steps: int = 256  # steps per env per rollout
     learning_rate: float = 5e-4
@@ -62,11 +61,6 @@ class PPGConfig(EnvConfig):
     ent_coef: float = 0.0
     max_grad_norm: float | None = 0.5
     adam_eps: float = 1e-5
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam
 from policyopt.core.returns import gae
 
@@ -34,7 +33,7 @@ OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
 
 
 @dataclass
-class PPOConfig(EnvConfig):
+class PPOConfig(ActorCriticConfig):
     num_envs: int = 8
     num_steps: int = 256  # steps per env per rollout
     learning_rate: float = 3e-4
@@ -56,12 +55,7 @@ class PPOConfig(EnvConfig):
     target_kl: float | None = None  # stop the update once a minibatch's KL exceeds 1.5 * target_kl
     adam_eps: float = 1e-5
     compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
     shared_network: bool = False
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:

@@ -49,11 +49,10 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic
+from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, fit_regression
 from policyopt.core.returns import discounted_returns
 
@@ -61,7 +60,7 @@ BASELINES = ("none", "mean", "value", "optimal")
 
 
 @dataclass
-class REINFORCEConfig(EnvConfig):
+class REINFORCEConfig(ActorCriticConfig):
     num_envs: int = 8
     num_steps: int = 512  # steps per env per rollout; unfinished episodes carry over to the next
     learning_rate: float = 1e-3
@@ -72,11 +71,6 @@ class REINFORCEConfig(EnvConfig):
     value_epochs: int = 5  # passes of the V(s) regression per update (baseline=value)
     batch_size: int = 256  # minibatch size of the V(s) regression
     max_grad_norm: float | None = None
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
-    log_std_init: float = 0.0
-    ortho_init: bool = True
 
     def check(self) -> list[str]:
         if self.baseline == "value" and not self.reward_to_go:

@@ -18,22 +18,21 @@ epochs of minibatch Adam, as in stable-baselines3's TRPO. Names follow stable-ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from policyopt.agent import ActorCriticAgent
-from policyopt.config import EnvConfig
+from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
-from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, dist_under
+from policyopt.core.nets import ActorCritic, dist_under
 from policyopt.core.optim import adam, backtracking_line_search, fit_regression, natural_gradient_step
 from policyopt.core.returns import rollout_gae
 
 
 @dataclass
-class TRPOConfig(EnvConfig):
+class TRPOConfig(ActorCriticConfig):
     num_envs: int = 1
     num_steps: int = 2048  # steps per env per rollout
     gamma: float = 0.99
@@ -47,11 +46,6 @@ class TRPOConfig(EnvConfig):
     learning_rate: float = 1e-3  # Adam step of the value-function fit
     n_critic_updates: int = 10  # epochs of value-function minibatches per rollout
     batch_size: int = 128  # value-function minibatch size
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = field(default="tanh", metadata={"choices": tuple(ACTIVATIONS)})
-    policy: str = field(default="auto", metadata={"choices": POLICIES})
-    log_std_init: float = 0.0
-    ortho_init: bool = True
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:
