@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
