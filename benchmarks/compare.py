@@ -195,12 +195,12 @@ def run_child(args) -> dict:
     }
 
 
-def raw_env_sps(lib: str, env_id: str, num_envs: int, steps: int) -> float:
+def raw_env_sps(lib: str, env_id: str, num_envs: int, steps: int, backend: str = "gymnasium") -> float:
     """Random-action steps/s of the vector env each library trains on."""
     if lib == "policyopt":
-        from policyopt.envs import VecEnv
+        from policyopt.envs import NumpyVecEnv, VecEnv
 
-        envs = VecEnv(env_id, num_envs, seed=0)
+        envs = NumpyVecEnv(env_id, num_envs, seed=0) if backend == "numpy" else VecEnv(env_id, num_envs, seed=0)
         envs.reset()
         space = envs.single_action_space
         actions = [np.stack([space.sample() for _ in range(num_envs)]) for _ in range(64)]
@@ -299,8 +299,8 @@ def main() -> None:
                 f"final {row['final_return']:.1f}",
                 flush=True,
             )
-    num_envs = policyopt_agent(args.algo, args.env, dict(kv.split("=", 1) for kv in args.set))[1]["num_envs"]
-    raw = {lib: raw_env_sps(lib, args.env, num_envs, args.raw_steps) for lib in args.libs}
+    cfg = policyopt_agent(args.algo, args.env, dict(kv.split("=", 1) for kv in args.set))[1]
+    raw = {lib: raw_env_sps(lib, args.env, cfg["num_envs"], args.raw_steps, cfg["env_backend"]) for lib in args.libs}
     table = summarize(rows, args, raw)
     print()
     print(table)

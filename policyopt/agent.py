@@ -36,7 +36,7 @@ from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_di
 from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
-from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
+from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, check_numpy_vector_env, env_spaces, make_env
 
 
 def resolve_config(cls: Any, env: EnvLike, config: Any, use_preset: bool, overrides: dict[str, Any]) -> tuple[Any, int | None]:
@@ -101,8 +101,11 @@ class Agent:
         if not isinstance(action_space, self.action_spaces):
             allowed = " or ".join(s.__name__ for s in self.action_spaces)
             raise EnvError(f"{self.name} needs a {allowed} action space; this env's is {action_space}")
-        if getattr(config, "env_backend", "gymnasium") == "torch":
+        backend = getattr(config, "env_backend", "gymnasium")
+        if backend == "torch":
             check_torch_env(env)
+        elif backend == "numpy":
+            check_numpy_vector_env(env)
         self.env = env
         self.env_id = env if isinstance(env, str) else None
         self.config = config

@@ -78,6 +78,7 @@ def stop_at(step):
 
 @pytest.mark.parametrize("env_id,overrides", [
     ("CartPole-v1", {}),
+    ("CartPole-v1", {"env_backend": "numpy"}),
     ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True, "anneal_lr": True}),
     ("Pendulum-v1", {"policy": "gsde", "log_std_init": -2.0}),  # exploration matrices redrawn per rollout
 ])

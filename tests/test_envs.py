@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from policyopt.envs import EnvError, VecEnv, check_env_id, env_spaces, make_env
+from policyopt.envs import EnvError, NumpyVecEnv, VecEnv, check_env_id, env_spaces, make_env
 
 
 def test_final_obs_is_the_real_last_observation():
@@ -68,3 +68,68 @@ def test_dict_observations_need_flattening():
         make_env(factory)
     env = make_env(factory, flatten_obs=True)
     assert env.observation_space.shape == (4,)
+
+
+def test_numpy_vector_cartpole_resets_in_the_same_step():
+    """env_backend=numpy: Gymnasium's NumPy CartPole resets an ended episode at the next step;
+    NumpyVecEnv resets it in the same step, so no zero-reward reset step reaches the loops."""
+    envs = NumpyVecEnv("CartPole-v1", 8, seed=0)
+    obs = envs.reset()
+    rng = np.random.default_rng(0)
+    lengths, ended = np.zeros(8, dtype=int), []
+    x_limit, theta_limit = 2.4, 12 * 2 * np.pi / 360
+    for _ in range(1500):
+        balance = (obs[:, 2] + 0.5 * obs[:, 3] > 0).astype(np.int64)  # keeps the pole up for 500 steps
+        step = envs.step(np.where(np.arange(8) < 4, rng.integers(0, 2, 8), balance))
+        assert (step.reward == 1.0).all()
+        lengths += 1
+        for i in np.flatnonzero(step.done):
+            last = step.final_obs[i]
+            if step.terminated[i]:
+                assert abs(last[0]) > x_limit or abs(last[2]) > theta_limit
+            else:
+                assert lengths[i] == 500
+            assert np.abs(step.obs[i]).max() <= 0.05  # the next episode's first observation
+            ended.append(lengths[i])
+            lengths[i] = 0
+        obs = step.obs
+    assert lengths.max() <= 500 and len(ended) > 8 and 500 in ended  # terminations and truncations
+
+
+def test_numpy_vector_cartpole_steps_like_the_gymnasium_env():
+    envs = NumpyVecEnv("CartPole-v1", 3, seed=1)
+    obs = envs.reset()
+    single = gym.make("CartPole-v1").unwrapped
+    single.reset(seed=0)
+    actions = np.array([0, 1, 1])
+    for _ in range(5):
+        step = envs.step(actions)
+        for i in range(3):
+            single.state = obs[i].astype(np.float64)
+            expected, reward, terminated, _, _ = single.step(int(actions[i]))
+            np.testing.assert_allclose(step.final_obs[i], expected, rtol=1e-6, atol=1e-7)
+            assert step.reward[i] == reward and step.terminated[i] == terminated
+        obs = step.obs
+
+
+def test_numpy_vector_snapshot_restores_the_exact_future():
+    envs = NumpyVecEnv("CartPole-v1", 4, seed=3)
+    envs.reset()
+    actions = [np.random.default_rng(i).integers(0, 2, 4) for i in range(300)]
+    for a in actions[:50]:
+        envs.step(a)
+    saved = envs.snapshot
+    first = [envs.step(a) for a in actions[50:]]
+    envs.snapshot = saved
+    again = [envs.step(a) for a in actions[50:]]
+    assert any(s.done.any() for s in first)  # the restored RNG draws the same reset states
+    for a, b in zip(first, again):
+        assert np.array_equal(a.obs, b.obs) and np.array_equal(a.final_obs, b.final_obs)
+        assert np.array_equal(a.done, b.done)
+
+
+def test_numpy_backend_names_the_envs_it_supports():
+    from policyopt.algos.ppo import PPO
+
+    with pytest.raises(EnvError, match="env_backend=numpy supports CartPole-v1"):
+        PPO("Pendulum-v1", env_backend="numpy")

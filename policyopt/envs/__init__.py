@@ -2,7 +2,7 @@
 
 from policyopt.envs.testing import register as _register_test_envs
 from policyopt.envs.torch_envs import TORCH_ENV_IDS, TorchVecEnv, make_torch_vec_env
-from policyopt.envs.vector import EnvError, EnvSpaces, Step, VecEnv, check_env_id, env_spaces, make_env
+from policyopt.envs.vector import EnvError, EnvSpaces, NumpyVecEnv, Step, VecEnv, check_env_id, env_spaces, make_env
 
 _register_test_envs()
 
@@ -10,6 +10,7 @@ __all__ = [
     "TORCH_ENV_IDS",
     "EnvError",
     "EnvSpaces",
+    "NumpyVecEnv",
     "Step",
     "TorchVecEnv",
     "VecEnv",

@@ -252,11 +252,14 @@ class VecEnv:
             return make_env(env, flatten_obs=flatten_obs, **kwargs)
 
         vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-        self.envs = vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
-        self.num_envs = num_envs
+        self._wrap(vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP), seed)
+
+    def _wrap(self, envs: gym.vector.VectorEnv, seed: int) -> None:
+        self.envs = envs
+        self.num_envs = envs.num_envs
         self.seed = seed
-        self.single_observation_space = self.envs.single_observation_space
-        self.single_action_space = self.envs.single_action_space
+        self.single_observation_space = envs.single_observation_space
+        self.single_action_space = envs.single_action_space
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self.envs.reset(seed=self.seed if seed is None else seed)
@@ -284,3 +287,72 @@ class VecEnv:
 
     def close(self) -> None:
         self.envs.close()
+
+
+def _reset_cartpole_rows(env: Any, rows: np.ndarray) -> np.ndarray:
+    """Start new episodes in ``rows`` of a ``CartPoleVectorEnv`` now, as its own autoreset would
+    at the next step (same distribution, same RNG); returns their first observations."""
+    env.state[:, rows] = env.np_random.uniform(low=env.low, high=env.high, size=(4, rows.size))
+    env.steps[rows] = 0
+    env.prev_done[rows] = False
+    return env.state[:, rows].T.astype(np.float32)
+
+
+# Gymnasium envs with a NumPy-vectorized implementation (``vector_entry_point``) that
+# ``NumpyVecEnv`` can drive: how to reset some rows, and the arrays that hold the state.
+NUMPY_VECTOR_ENVS: dict[str, tuple[Callable[[Any, np.ndarray], np.ndarray], tuple[str, ...]]] = {
+    "CartPole-v1": (_reset_cartpole_rows, ("state", "steps", "prev_done")),
+}
+
+
+def check_numpy_vector_env(env: EnvLike) -> None:
+    if env not in NUMPY_VECTOR_ENVS:
+        raise EnvError(f"env_backend=numpy supports {', '.join(NUMPY_VECTOR_ENVS)}; not {env!r}")
+
+
+class NumpyVecEnv(VecEnv):
+    """Gymnasium's NumPy-vectorized version of an env (``gymnasium.make_vec(...,
+    vectorization_mode="vector_entry_point")``: one array operation steps all N envs) behind
+    the ``VecEnv`` interface (``env_backend=numpy``).
+
+    Those envs reset a finished episode at the *next* step (``AutoresetMode.NEXT_STEP``) and
+    have no partial reset; the loops expect the reset in the same step, with the last
+    observation in ``final_obs``. So after each step the rows that ended are reset here, with
+    the env's own reset distribution and RNG (``NUMPY_VECTOR_ENVS``).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int):
+        check_numpy_vector_env(env_id)
+        self._wrap(gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point"), seed)
+        self.reset_rows, self.state_arrays = NUMPY_VECTOR_ENVS[env_id]
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        return np.ascontiguousarray(super().reset(seed))
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        # the env returns its state transposed (column-major); a row-major copy makes the policy's
+        # input the same array layout as a checkpoint's, so a resumed run rounds identically
+        obs = np.ascontiguousarray(obs)
+        final_obs = obs
+        done = terminated | truncated
+        if done.any():
+            final_obs = obs.copy()
+            rows = np.flatnonzero(done)
+            obs[rows] = self.reset_rows(self.envs.unwrapped, rows)
+        return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+
+    @property
+    def snapshot(self) -> list[dict]:
+        """The whole vector env as one entry: its state arrays and its RNG."""
+        env = self.envs.unwrapped
+        state = {name: torch.from_numpy(np.array(getattr(env, name))) for name in self.state_arrays}
+        return [{"arrays": state, "rng": env.np_random.bit_generator.state}]
+
+    @snapshot.setter
+    def snapshot(self, states: list[dict]) -> None:
+        env = self.envs.unwrapped
+        (state,) = states
+        for name, value in state["arrays"].items():
+            setattr(env, name, value.numpy().copy())
+        env.np_random.bit_generator.state = state["rng"]
