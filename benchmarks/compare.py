@@ -4,8 +4,9 @@
     python benchmarks/compare.py --algo sac --env Pendulum-v1 --steps 20000 --seeds 0 1 2 --threshold -200
 
 Each (library, seed) trains in a fresh child process, one after the other (seed by seed, the
-libraries back to back), so timings and peak memory do not leak between runs. Both libraries get the same hyperparameters: the
-policyopt config (preset for the env + ``--set`` overrides) is translated to SB3 keywords.
+libraries back to back), so timings and peak memory do not leak between runs. Both libraries
+get the same hyperparameters: the policyopt config (preset for the env + ``--set``
+overrides) is translated to SB3 keywords.
 Every ``--eval-every`` steps the training clock stops and both policies are evaluated the
 same way (``--eval-episodes`` deterministic episodes on a fresh Gymnasium env, seeds
 10000 + i); "time to threshold" is the training time (evaluation excluded) at the first

@@ -147,7 +147,7 @@ class Collector:
         self.raw_obs = self.envs.reset()
         self.stats = self.make_stats()
 
-    def make_envs(self) -> VecEnv | NumpyVecEnv:
+    def make_envs(self) -> VecEnv:
         cfg, agent = self.agent.config, self.agent
         if cfg.env_backend == "numpy":
             return NumpyVecEnv(agent.env, cfg.num_envs, agent.seed)

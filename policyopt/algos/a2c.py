@@ -27,7 +27,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam
+from policyopt.core.optim import adam, set_lr
 from policyopt.core.returns import gae, nstep_returns
 
 
@@ -86,8 +86,7 @@ class A2C(ActorCriticAgent):
         data = buf.flat("obs", "action", "value")
         lr = cfg.learning_rate * (1.0 - self.progress if cfg.anneal_lr else 1.0)
         optimizer = self.optimizers["policy"]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
 
         dist, value = self.policy.dist_and_value(data["obs"])
         pg_loss = policy_gradient_loss(dist.log_prob(data["action"]), adv)

@@ -23,7 +23,7 @@ from torch import Tensor
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam
+from policyopt.core.optim import adam, set_lr
 from policyopt.core.returns import vtrace
 
 
@@ -115,8 +115,7 @@ class IMPALA(ActorCriticAgent):
 
         optimizer = self.optimizers["policy"]
         lr = cfg.learning_rate * ((1.0 - self.progress) if cfg.anneal_lr else 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")

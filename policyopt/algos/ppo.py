@@ -26,7 +26,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam
+from policyopt.core.optim import adam, set_lr
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -130,12 +130,7 @@ class PPO(ActorCriticAgent):
         data["adv"], data["v_target"] = adv.reshape(-1), v_target.reshape(-1)
         n = data["adv"].shape[0]
         lr, clip = self._schedule(n)
-        optimizer = self.optimizers["policy"]
-        for group in optimizer.param_groups:
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+        set_lr(self.optimizers["policy"], lr)
         uses_kl = cfg.objective in ("adaptive_kl", "fixed_kl")
         old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()} if uses_kl else None
 

@@ -52,6 +52,16 @@ def adam(params: Iterable[Tensor], lr: float, fused: bool = True, **kwargs) -> t
     return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (in place where it is a tensor, as for a
+    compiled step, so the compiled code keeps reading the same tensor)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
 def minimize(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     """One gradient step on ``loss`` (gradients of the optimizer's parameters are reset first)."""
     optimizer.zero_grad(set_to_none=True)
