@@ -199,9 +199,9 @@ def run_child(args) -> dict:
 def raw_env_sps(lib: str, env_id: str, num_envs: int, steps: int, backend: str = "gymnasium") -> float:
     """Random-action steps/s of the vector env each library trains on."""
     if lib == "policyopt":
-        from policyopt.envs import NumpyVecEnv, VecEnv
+        from policyopt.envs import make_vec_env
 
-        envs = NumpyVecEnv(env_id, num_envs, seed=0) if backend == "numpy" else VecEnv(env_id, num_envs, seed=0)
+        envs = make_vec_env(env_id, num_envs, seed=0, backend=backend)
         envs.reset()
         space = envs.single_action_space
         actions = [np.stack([space.sample() for _ in range(num_envs)]) for _ in range(64)]

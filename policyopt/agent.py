@@ -36,7 +36,7 @@ from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_di
 from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
-from policyopt.envs.vector import EnvError, EnvLike, EnvSpaces, check_env_id, check_numpy_vector_env, env_spaces, make_env
+from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
 
 
 def resolve_config(cls: Any, env: EnvLike, config: Any, use_preset: bool, overrides: dict[str, Any]) -> tuple[Any, int | None]:
@@ -104,8 +104,8 @@ class Agent:
         backend = getattr(config, "env_backend", "gymnasium")
         if backend == "torch":
             check_torch_env(env)
-        elif backend == "numpy":
-            check_numpy_vector_env(env)
+        elif backend in HOST_BACKENDS:
+            HOST_BACKENDS[backend][0](env)
         self.env = env
         self.env_id = env if isinstance(env, str) else None
         self.config = config

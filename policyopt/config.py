@@ -38,9 +38,10 @@ class EnvConfig:
     flatten_obs: bool = False  # flatten Dict/Tuple observation spaces
     normalize_obs: bool = False  # running mean/std observation normalization
     # gymnasium: Gymnasium envs stepped on the host; numpy: Gymnasium's NumPy-vectorized version
-    # (vector_entry_point; CartPole-v1); torch: the batched PyTorch version of a classic-control
-    # env (policyopt.envs.torch_envs) stepped on the agent's device (on-policy)
-    env_backend: str = field(default="gymnasium", metadata={"choices": ("gymnasium", "numpy", "torch")})
+    # (vector_entry_point; CartPole-v1); envpool: EnvPool's C++ version (pip install envpool);
+    # torch: the batched PyTorch version of a classic-control env (policyopt.envs.torch_envs)
+    # stepped on the agent's device (on-policy)
+    env_backend: str = field(default="gymnasium", metadata={"choices": ("gymnasium", "numpy", "envpool", "torch")})
     workers: int = 0  # Ray rollout worker processes; 0 samples in this process (on-policy algorithms)
     ray_address: str | None = None  # Ray instance to join; None starts a local one when workers > 0
 

@@ -39,7 +39,7 @@ from policyopt.config import ConfigError, to_dict
 from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
-from policyopt.envs.vector import NumpyVecEnv, Step, VecEnv
+from policyopt.envs.vector import Step, VecEnv, make_vec_env
 from policyopt.evaluation import critic_bias
 from policyopt.logging import Logger, ProgressBar
 
@@ -149,9 +149,9 @@ class Collector:
 
     def make_envs(self) -> VecEnv:
         cfg, agent = self.agent.config, self.agent
-        if cfg.env_backend == "numpy":
-            return NumpyVecEnv(agent.env, cfg.num_envs, agent.seed)
-        return VecEnv(agent.env, cfg.num_envs, agent.seed, asynchronous=cfg.async_envs, flatten_obs=cfg.flatten_obs)
+        return make_vec_env(
+            agent.env, cfg.num_envs, agent.seed, backend=cfg.env_backend, asynchronous=cfg.async_envs, flatten_obs=cfg.flatten_obs
+        )
 
     def make_stats(self) -> EpisodeStats:
         return EpisodeStats(self.agent.config.num_envs)

@@ -1,7 +1,12 @@
 """Helpers shared by test modules."""
 
 import csv
+import importlib.util
 from pathlib import Path
+
+import pytest
+
+needs_envpool = pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -9,7 +9,7 @@ from policyopt.algos.ppo import PPO
 from policyopt.core.normalize import ObsNormalizer, RunningMeanStd
 from policyopt.loops import resume
 
-from helpers import read_metrics
+from helpers import needs_envpool, read_metrics
 
 
 def test_running_mean_std_matches_numpy():
@@ -93,3 +93,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, env_id, overrides):
     for (name, a), (_, b) in zip(full.nets.state_dict().items(), resumed.nets.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "cut")
+
+
+@needs_envpool
+def test_resume_on_envpool_starts_fresh_episodes(tmp_path):
+    """EnvPool cannot save its envs: the resumed run says so and trains on to the budget."""
+    common = dict(seed=3, num_envs=2, num_steps=64, batch_size=32, update_epochs=2, env_backend="envpool")
+    PPO("CartPole-v1", **common).learn(1024, run_dir=tmp_path, progress=False, callback=stop_at(512))
+    with pytest.warns(UserWarning, match="cannot be saved"):
+        resumed = resume(tmp_path, progress=False)
+    assert resumed.global_step == 1024

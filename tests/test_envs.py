@@ -1,10 +1,14 @@
-"""Vector envs: final observations, observation encoding, snapshots, clear errors."""
+"""Vector envs (Gymnasium, NumPy and EnvPool backends): final observations, observation encoding,
+snapshots, clear errors."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from policyopt.envs import EnvError, NumpyVecEnv, VecEnv, check_env_id, env_spaces, make_env
+from policyopt.envs import EnvError, NumpyVecEnv, VecEnv, check_env_id, env_spaces, make_env, make_vec_env
+from helpers import needs_envpool
+
+HOST_BACKENDS = ["numpy", pytest.param("envpool", marks=needs_envpool)]
 
 
 def test_final_obs_is_the_real_last_observation():
@@ -70,10 +74,12 @@ def test_dict_observations_need_flattening():
     assert env.observation_space.shape == (4,)
 
 
-def test_numpy_vector_cartpole_resets_in_the_same_step():
-    """env_backend=numpy: Gymnasium's NumPy CartPole resets an ended episode at the next step;
-    NumpyVecEnv resets it in the same step, so no zero-reward reset step reaches the loops."""
-    envs = NumpyVecEnv("CartPole-v1", 8, seed=0)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_vector_cartpole_resets_in_the_same_step(backend):
+    """env_backend=numpy|envpool: Gymnasium's NumPy CartPole and EnvPool's reset an ended episode
+    at the next step; the VecEnv resets it in the same step, so no zero-reward reset step
+    reaches the loops."""
+    envs = make_vec_env("CartPole-v1", 8, seed=0, backend=backend)
     obs = envs.reset()
     rng = np.random.default_rng(0)
     lengths, ended = np.zeros(8, dtype=int), []
@@ -96,19 +102,31 @@ def test_numpy_vector_cartpole_resets_in_the_same_step():
     assert lengths.max() <= 500 and len(ended) > 8 and 500 in ended  # terminations and truncations
 
 
-def test_numpy_vector_cartpole_steps_like_the_gymnasium_env():
-    envs = NumpyVecEnv("CartPole-v1", 3, seed=1)
+def _pendulum_state(obs):
+    return np.array([np.arctan2(obs[1], obs[0]), obs[2]])
+
+
+@pytest.mark.parametrize("backend,env_id,actions,state", [
+    ("numpy", "CartPole-v1", np.array([0, 1, 1]), np.asarray),
+    pytest.param("envpool", "CartPole-v1", np.array([0, 1, 1]), np.asarray, marks=needs_envpool),
+    pytest.param("envpool", "Pendulum-v1", np.array([[-2.0], [0.5], [2.0]], dtype=np.float32), _pendulum_state,
+                 marks=needs_envpool),
+])
+def test_host_backend_steps_like_the_gymnasium_env(backend, env_id, actions, state):
+    """From the same states, each backend's next observation and reward are Gymnasium's
+    (the state is read back from the float32 observation, hence the tolerance)."""
+    envs = make_vec_env(env_id, 3, seed=1, backend=backend)
     obs = envs.reset()
-    single = gym.make("CartPole-v1").unwrapped
+    single = gym.make(env_id).unwrapped
     single.reset(seed=0)
-    actions = np.array([0, 1, 1])
-    for _ in range(5):
+    for _ in range(30):
         step = envs.step(actions)
         for i in range(3):
-            single.state = obs[i].astype(np.float64)
-            expected, reward, terminated, _, _ = single.step(int(actions[i]))
-            np.testing.assert_allclose(step.final_obs[i], expected, rtol=1e-6, atol=1e-7)
-            assert step.reward[i] == reward and step.terminated[i] == terminated
+            single.state = state(obs[i].astype(np.float64))
+            single.steps_beyond_terminated = None  # CartPole: each row continues a live episode
+            expected, reward, terminated, _, _ = single.step(actions[i] if actions.ndim > 1 else int(actions[i]))
+            np.testing.assert_allclose(step.final_obs[i], expected, rtol=1e-5, atol=1e-5)
+            assert step.reward[i] == pytest.approx(reward, rel=1e-5, abs=1e-5) and step.terminated[i] == terminated
         obs = step.obs
 
 
@@ -133,3 +151,24 @@ def test_numpy_backend_names_the_envs_it_supports():
 
     with pytest.raises(EnvError, match="env_backend=numpy supports CartPole-v1"):
         PPO("Pendulum-v1", env_backend="numpy")
+
+
+@needs_envpool
+def test_envpool_pendulum_truncates_at_200_and_reseeds():
+    envs = make_vec_env("Pendulum-v1", 4, seed=0, backend="envpool")
+    first = envs.reset()
+    for t in range(1, 201):
+        step = envs.step(np.zeros((4, 1), dtype=np.float32))
+        assert step.truncated.all() == (t == 200) and not step.terminated.any()
+    assert not np.array_equal(step.obs, step.final_obs)  # the new episodes' first observations
+    np.testing.assert_array_equal(envs.reset(seed=0), first)  # a seed builds a new pool
+    assert not np.array_equal(envs.reset(seed=1), first)
+    assert envs.snapshot == [None] * 4  # EnvPool cannot save its envs' state
+
+
+@needs_envpool
+def test_envpool_backend_errors_name_the_problem():
+    from policyopt.algos.ppo import PPO
+
+    with pytest.raises(EnvError, match="EnvPool and Gymnasium both register"):
+        PPO("policyopt/Counter-v0", env_backend="envpool")

@@ -11,6 +11,8 @@ from policyopt.core.losses import clipped_surrogate_loss, value_loss
 from policyopt.envs import EnvError
 from policyopt.loops import make_runner
 
+from helpers import needs_envpool
+
 SMALL = dict(num_envs=2, num_steps=32, batch_size=32, update_epochs=2)
 
 
@@ -23,6 +25,8 @@ SMALL = dict(num_envs=2, num_steps=32, batch_size=32, update_epochs=2)
     ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True, "anneal_lr": True, "anneal_clip": True}),
     ("Pendulum-v1", {"policy": "beta"}),
     ("FrozenLake-v1", {}),
+    pytest.param("CartPole-v1", {"env_backend": "envpool"}, marks=needs_envpool),
+    pytest.param("Pendulum-v1", {"env_backend": "envpool", "normalize_obs": True}, marks=needs_envpool),
 ])
 def test_smoke(env_id, options):
     agent = PPO(env_id, seed=0, preset=False, **SMALL, **options)
@@ -106,9 +110,11 @@ def test_same_seed_same_parameters():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ppo_solves_cartpole_in_100k_steps(seed):
-    agent = PPO("CartPole-v1", seed=seed).learn(100_000, progress=False)
+@pytest.mark.parametrize("seed,backend", [
+    (0, "gymnasium"), (1, "gymnasium"), (2, "gymnasium"), (0, "numpy"), pytest.param(0, "envpool", marks=needs_envpool)
+])
+def test_ppo_solves_cartpole_in_100k_steps(seed, backend):
+    agent = PPO("CartPole-v1", seed=seed, env_backend=backend).learn(100_000, progress=False)
     assert np.mean(agent.evaluate(20)) >= 475
 
 

@@ -12,12 +12,18 @@ from torch.distributions import AffineTransform, Normal, TanhTransform, Transfor
 from policyopt.algos.sac import SAC, sac_actor_loss, sac_critic_target, soft_state_value, temperature_loss
 from policyopt.core.distributions import Categorical, SquashedGaussian
 
+from helpers import needs_envpool
+
 SMALL = dict(preset=False, learning_starts=64, batch_size=32, log_interval=100, hidden_sizes=(32, 32))
 
 
-@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-def test_smoke(env_id):
-    agent = SAC(env_id, seed=0, **SMALL)
+@pytest.mark.parametrize("env_id,backend", [
+    ("Pendulum-v1", "gymnasium"),
+    ("CartPole-v1", "gymnasium"),
+    pytest.param("Pendulum-v1", "envpool", marks=needs_envpool),
+])
+def test_smoke(env_id, backend):
+    agent = SAC(env_id, seed=0, env_backend=backend, **SMALL)
     logged = []
     agent.learn(300, progress=False, callback=lambda a, m: logged.append(m))
     for key in ("loss/critic", "loss/actor", "loss/alpha", "diag/alpha", "diag/entropy", "diag/q"):

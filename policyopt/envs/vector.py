@@ -1,6 +1,8 @@
 """Vectorized environments with same-step autoreset and the real final observation.
 
-``make_vec_env`` builds N copies of a Gymnasium env behind ``VecEnv``. Each ``step``
+``make_vec_env`` builds N copies of an env behind the ``VecEnv`` interface: Gymnasium envs
+(``VecEnv``), Gymnasium's NumPy-vectorized versions (``NumpyVecEnv``) or EnvPool's C++ ones
+(``EnvPoolVecEnv``), chosen by the ``env_backend`` setting. Each ``step``
 returns ``Step(obs, reward, terminated, truncated, final_obs)``: where an episode ended,
 ``obs`` already holds the first observation of the next episode and ``final_obs`` the last
 observation of the one that ended. Algorithms bootstrap a truncated episode from
@@ -13,6 +15,7 @@ one-hot encoded, Dict/Tuple ones flattened only when asked (``flatten_obs=True``
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -356,3 +359,89 @@ class NumpyVecEnv(VecEnv):
         for name, value in state["arrays"].items():
             setattr(env, name, value.numpy().copy())
         env.np_random.bit_generator.state = state["rng"]
+
+
+def check_envpool_env(env: EnvLike) -> None:
+    """``env_backend=envpool`` needs the package, and an id that both EnvPool and Gymnasium know
+    (the agent reads the spaces off the Gymnasium env)."""
+    try:
+        import envpool
+    except ImportError as err:
+        raise EnvError("env_backend=envpool needs the envpool package: pip install 'policyopt[envpool]'") from err
+    if not isinstance(env, str) or env not in gym.registry or env not in envpool.list_all_envs():
+        raise EnvError(f"env_backend=envpool needs an id that EnvPool and Gymnasium both register; not {env!r}")
+
+
+class EnvPoolVecEnv(VecEnv):
+    """EnvPool's C++ version of an env (``env_backend=envpool``), stepped by its thread pool.
+
+    Like ``NumpyVecEnv``: EnvPool resets a finished episode at the next step, so the rows that
+    ended are reset here in the same step (EnvPool's partial ``reset(env_id=...)``). EnvPool
+    cannot save an env's state: a checkpoint holds no env state, and a resumed run starts
+    fresh episodes (as with Box2D envs). ``reset(seed)`` builds a new pool with that seed;
+    ``reset()`` starts new episodes in the same pool.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int):
+        check_envpool_env(env_id)
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self._build(seed)
+        expected = env_spaces(env_id).obs.shape
+        if self.single_observation_space.shape != expected:
+            raise EnvError(
+                f"EnvPool's {env_id} observes {self.single_observation_space.shape}, Gymnasium's {expected}; "
+                "use env_backend=gymnasium"
+            )
+
+    def _build(self, seed: int) -> None:
+        """A new pool of envs seeded with ``seed``."""
+        import envpool
+
+        with warnings.catch_warnings():  # EnvPool builds float32 Boxes from float64 bounds
+            warnings.filterwarnings("ignore", message=".*precision lowered", category=UserWarning)
+            self.envs = envpool.make(self.env_id, env_type="gymnasium", num_envs=self.num_envs, seed=seed)
+            self.single_observation_space = self.envs.observation_space
+            self.single_action_space = self.envs.action_space
+        self.seed = seed
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:  # EnvPool seeds a pool once, when it is built
+            self.envs.close()
+            self._build(seed)
+        obs, _ = self.envs.reset()
+        return obs.astype(np.float32, copy=False)
+
+    def step(self, actions: np.ndarray) -> Step:
+        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        obs = obs.astype(np.float32, copy=False)
+        final_obs = obs
+        done = terminated | truncated
+        if done.any():
+            final_obs = obs.copy()
+            rows = np.flatnonzero(done)
+            obs[rows] = self.envs.reset(env_id=rows)[0]
+        return Step(obs, reward.astype(np.float32, copy=False), terminated, truncated, final_obs)
+
+    @property
+    def snapshot(self) -> list[None]:
+        return [None] * self.num_envs
+
+    @snapshot.setter
+    def snapshot(self, states: list[dict | None]) -> None:
+        raise EnvError("EnvPool envs cannot restore a saved state")
+
+
+HOST_BACKENDS: dict[str, tuple[Callable[[EnvLike], None], type[VecEnv]]] = {
+    "numpy": (check_numpy_vector_env, NumpyVecEnv),
+    "envpool": (check_envpool_env, EnvPoolVecEnv),
+}
+
+
+def make_vec_env(
+    env: EnvLike, num_envs: int, seed: int, *, backend: str = "gymnasium", asynchronous: bool = False, flatten_obs: bool = False
+) -> VecEnv:
+    """N copies of ``env`` stepped on the host by ``backend``: gymnasium, numpy or envpool."""
+    if backend in HOST_BACKENDS:
+        return HOST_BACKENDS[backend][1](env, num_envs, seed)
+    return VecEnv(env, num_envs, seed, asynchronous=asynchronous, flatten_obs=flatten_obs)
