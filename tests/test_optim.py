@@ -1,5 +1,8 @@
 """Natural-gradient machinery against explicit matrices: Fisher-vector products, conjugate
-gradient, the natural-gradient step, the KL line search and K-FAC."""
+gradient, the natural-gradient step, the KL line search and K-FAC; FlatAdam against
+PyTorch's clipping and Adam, bit for bit."""
+
+import io
 
 import gymnasium as gym
 import pytest
@@ -10,6 +13,7 @@ from policyopt.core.distributions import Categorical
 from policyopt.core.nets import ActorCritic, dist_under
 from policyopt.core.optim import (
     KFAC,
+    FlatAdam,
     backtracking_line_search,
     conjugate_gradient,
     fisher_vector_product,
@@ -298,3 +302,88 @@ def test_kfac_state_round_trips():
     torch.testing.assert_close(other.A[0], kfac.A[0])
     torch.testing.assert_close(other.G[0], kfac.G[0])
     assert other.updates == 1
+
+
+# --- FlatAdam -------------------------------------------------------------------------------
+
+SHAPES = [(64, 4), (64,), (64, 64), (64,), (2, 64), (2,), (1,)]  # odd sizes: flat and per-tensor ops vectorize differently
+
+
+def _param_pair(seed: int = 0) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    gen = torch.Generator().manual_seed(seed)
+    values = [torch.randn(shape, generator=gen) * 0.1 for shape in SHAPES]
+    return [torch.nn.Parameter(v.clone()) for v in values], [torch.nn.Parameter(v.clone()) for v in values]
+
+
+def _set_grads(params_a, params_b, gen, scale=1.0, missing=()):
+    for i, (a, b) in enumerate(zip(params_a, params_b)):
+        g = None if i in missing else torch.randn(a.shape, generator=gen) * scale
+        a.grad, b.grad = g, (None if g is None else g.clone())
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.5, 1e9])
+def test_flat_adam_is_clip_grad_norm_then_adam_bit_for_bit(max_norm):
+    ours, ref = _param_pair()
+    flat = FlatAdam(ours, lr=3e-3, eps=1e-5, betas=(0.8, 0.99))
+    adam = torch.optim.Adam(ref, lr=3e-3, eps=1e-5, betas=(0.8, 0.99), foreach=True)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(30):
+        _set_grads(ours, ref, gen, scale=2.0 if step % 2 else 0.01)  # clipping on every other step
+        flat.param_groups[0]["lr"] = adam.param_groups[0]["lr"] = 3e-3 * (1 - step / 30)
+        if max_norm is None:
+            flat.step()
+        else:
+            norm = flat.clip_and_step(max_norm)
+            assert torch.equal(norm, torch.nn.utils.clip_grad_norm_(ref, max_norm))
+        adam.step()
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+
+
+def test_flat_adam_skips_parameters_without_gradients_like_adam():
+    ours, ref = _param_pair()
+    flat, adam = FlatAdam(ours, lr=1e-2), torch.optim.Adam(ref, lr=1e-2, foreach=True)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(12):
+        _set_grads(ours, ref, gen, missing=(2, 5) if step in (3, 4, 8) else ())
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        flat.clip_and_step(0.5)
+        adam.step()
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+    assert flat.state[ours[0]]["step"] == 12 and flat.state[ours[2]]["step"] == 9
+
+
+def _saved_and_loaded(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+def test_flat_adam_state_loads_both_ways_with_torch_adam():
+    """Checkpoints hold Adam's state format: FlatAdam resumes from torch.optim.Adam's state and
+    torch.optim.Adam from FlatAdam's, and each continues as an uninterrupted run."""
+    ours, ref = _param_pair()
+    flat, adam = FlatAdam(ours, lr=1e-2), torch.optim.Adam(ref, lr=1e-2, foreach=True)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        _set_grads(ours, ref, gen)
+        flat.step()
+        adam.step()
+    flat_copy, ref_copy = _param_pair()
+    for a, b, x, y in zip(flat_copy, ref_copy, ours, ref):
+        a.data.copy_(x)
+        b.data.copy_(y)
+    resumed_flat = FlatAdam(flat_copy, lr=1e-2)
+    resumed_flat.load_state_dict(_saved_and_loaded(adam.state_dict()))
+    resumed_adam = torch.optim.Adam(ref_copy, lr=1e-2, foreach=True)
+    resumed_adam.load_state_dict(_saved_and_loaded(flat.state_dict()))
+    for _ in range(5):
+        _set_grads(ours, ref, gen)
+        for a, b, x, y in zip(flat_copy, ref_copy, ours, ref):
+            a.grad, b.grad = x.grad.clone(), y.grad.clone()
+        for opt in (flat, adam, resumed_flat, resumed_adam):
+            opt.step()
+    for a, b, x, y in zip(flat_copy, ref_copy, ours, ref):
+        assert torch.equal(a, x) and torch.equal(b, y) and torch.equal(a, b)

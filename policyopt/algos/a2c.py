@@ -27,7 +27,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam, set_lr
+from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import gae, nstep_returns
 
 
@@ -95,9 +95,7 @@ class A2C(ActorCriticAgent):
         loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        optimizer.step()
+        grad_norm = clip_and_step(optimizer, cfg.max_grad_norm)
         return {
             "loss/policy": pg_loss.item(),
             "loss/value": v_loss.item(),

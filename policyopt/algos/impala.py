@@ -23,7 +23,7 @@ from torch import Tensor
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam, set_lr
+from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import vtrace
 
 
@@ -118,9 +118,7 @@ class IMPALA(ActorCriticAgent):
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        optimizer.step()
+        grad_norm = clip_and_step(optimizer, cfg.max_grad_norm)
 
         rhos = log_rhos.exp()
         return {

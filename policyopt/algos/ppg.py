@@ -38,7 +38,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
 from policyopt.core.nets import ActorCritic, mlp
-from policyopt.core.optim import adam, fit_regression
+from policyopt.core.optim import adam, clip_and_step, fit_regression
 from policyopt.core.returns import gae
 
 
@@ -146,7 +146,6 @@ class PPG(Agent):
         """E_pi epochs of PPO-clip minibatch steps on the policy network."""
         cfg = self.config
         optimizer = self.optimizers["policy"]
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         sums = torch.zeros(3)  # policy loss, entropy, grad norm
         steps = 0
         for _ in range(cfg.policy_epochs):
@@ -160,8 +159,7 @@ class PPG(Agent):
                 entropy = dist.entropy().mean()
                 optimizer.zero_grad(set_to_none=True)
                 (pg_loss - cfg.ent_coef * entropy).backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-                optimizer.step()
+                grad_norm = clip_and_step(optimizer, cfg.max_grad_norm)
                 sums += torch.stack([pg_loss.detach(), entropy.detach(), grad_norm.detach()])
                 steps += 1
         means = (sums / steps).tolist()
@@ -180,7 +178,6 @@ class PPG(Agent):
         """E_aux epochs of L^joint on the policy network and of L^value on the value network."""
         cfg = self.config
         optimizer = self.optimizers["policy"]
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()}
         sums = torch.zeros(2)  # L^aux, KL
         steps = 0
@@ -191,8 +188,7 @@ class PPG(Agent):
                 loss, aux_loss = joint_loss(aux_value, v_target[idx], kl, cfg.beta_clone)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-                optimizer.step()
+                clip_and_step(optimizer, cfg.max_grad_norm)
                 sums += torch.stack([aux_loss.detach(), kl.detach().mean()])
                 steps += 1
         value_fit = fit_regression(self.value, self.optimizers["value"], obs, v_target, cfg.aux_epochs, cfg.aux_batch_size)

@@ -26,7 +26,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam, set_lr
+from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -179,10 +179,7 @@ class PPO(ActorCriticAgent):
     def _apply_gradients(self) -> Tensor:
         """Clip the gradient norm to ``max_grad_norm`` and take the Adam step; returns the norm
         before clipping. Compiled with ``compile=true``."""
-        max_norm = self.config.max_grad_norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm if max_norm is not None else float("inf"))
-        self.optimizers["policy"].step()
-        return grad_norm.detach()
+        return clip_and_step(self.optimizers["policy"], self.config.max_grad_norm).detach()
 
     def _minibatch_loss(
         self, mb: dict[str, Tensor], coefs: tuple, old_params: dict[str, Tensor] | None

