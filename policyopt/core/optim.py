@@ -1,6 +1,6 @@
-"""Optimization helpers shared by algorithms: target networks, flat parameter vectors,
-and (for the natural-gradient family) conjugate gradient, Fisher-vector products, line
-search and K-FAC.
+"""Optimization helpers shared by algorithms: target networks, Adam over flat buffers
+(``FlatAdam``, with gradient clipping folded in), flat parameter vectors, and (for the
+natural-gradient family) conjugate gradient, Fisher-vector products, line search and K-FAC.
 """
 
 from __future__ import annotations
