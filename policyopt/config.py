@@ -49,6 +49,20 @@ class EnvConfig:
         """Cross-field constraints of the algorithm; a list of one-line problems."""
         return []
 
+    def env_problems(self) -> list[str]:
+        """Constraints between the env settings, the same for every algorithm."""
+        if self.async_envs and self.env_backend != "gymnasium":
+            return [f"async_envs steps Gymnasium envs in subprocesses; env_backend={self.env_backend} cannot use it"]
+        return []
+
+
+def minibatch_problems(config: Any) -> list[str]:
+    """An on-policy minibatch (``batch_size``) must fit in one rollout of ``num_envs * num_steps``."""
+    rollout = config.num_envs * config.num_steps
+    if config.batch_size > rollout:
+        return [f"batch_size ({config.batch_size}) must be <= num_envs * num_steps ({rollout})"]
+    return []
+
 
 @dataclass
 class OffPolicyConfig(EnvConfig):
@@ -218,7 +232,7 @@ def validate(config: Any) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}{_suggest(str(value), choices)}")
-    problems = config.check()
+    problems = [*(config.env_problems() if isinstance(config, EnvConfig) else []), *config.check()]
     if problems:
         raise ConfigError(problems[0])
 

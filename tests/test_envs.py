@@ -172,3 +172,11 @@ def test_envpool_backend_errors_name_the_problem():
 
     with pytest.raises(EnvError, match="EnvPool and Gymnasium both register"):
         PPO("policyopt/Counter-v0", env_backend="envpool")
+
+
+def test_async_envs_apply_to_gymnasium_envs_only():
+    from policyopt.algos.ppo import PPO
+    from policyopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="env_backend=numpy cannot use it"):
+        PPO("CartPole-v1", env_backend="numpy", async_envs=True)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
+from policyopt.config import minibatch_problems
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
@@ -49,10 +50,7 @@ class NPGConfig(ActorCriticConfig):
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:
-        rollout = self.num_envs * self.num_steps
-        if self.batch_size > rollout:
-            return [f"batch_size ({self.batch_size}) must be <= num_envs * num_steps ({rollout})"]
-        return []
+        return minibatch_problems(self)
 
 
 class NPG(ActorCriticAgent):

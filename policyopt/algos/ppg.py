@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import ActorCriticConfig, Agent
+from policyopt.config import minibatch_problems
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
@@ -66,7 +67,7 @@ class PPGConfig(ActorCriticConfig):
     def check(self) -> list[str]:
         rollout = self.num_envs * self.num_steps
         if self.batch_size > rollout:
-            return [f"batch_size ({self.batch_size}) must be <= num_envs * num_steps ({rollout})"]
+            return minibatch_problems(self)
         if self.aux_batch_size > rollout * self.n_pi:
             return [f"aux_batch_size ({self.aux_batch_size}) must be <= n_pi * num_envs * num_steps ({rollout * self.n_pi})"]
         return []

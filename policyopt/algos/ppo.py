@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
+from policyopt.config import minibatch_problems
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
@@ -59,10 +60,7 @@ class PPOConfig(ActorCriticConfig):
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:
-        rollout = self.num_envs * self.num_steps
-        if self.batch_size > rollout:
-            return [f"batch_size ({self.batch_size}) must be <= num_envs * num_steps ({rollout})"]
-        return []
+        return minibatch_problems(self)
 
 
 def kl_penalty_loss(ratio: Tensor, adv: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
