@@ -81,6 +81,8 @@ class FlatAdam(torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError("FlatAdam takes one parameter group")
         self.params: list[Tensor] = self.param_groups[0]["params"]
+        if len({(p.dtype, p.device) for p in self.params}) > 1:
+            raise ValueError("FlatAdam needs all parameters on one device, with one dtype")
         self._flat: tuple[Tensor, Tensor, Tensor, list[Tensor]] | None = None  # m, v, theta, views of theta
         self._step: Tensor | None = None  # the step count every parameter shares, while they all step together
 
