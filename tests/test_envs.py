@@ -5,6 +5,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from gymnasium.vector import AutoresetMode
+
 from policyopt.envs import EnvError, NumpyVecEnv, VecEnv, check_env_id, env_spaces, make_env, make_vec_env
 from helpers import needs_envpool
 
@@ -180,3 +182,24 @@ def test_async_envs_apply_to_gymnasium_envs_only():
 
     with pytest.raises(ConfigError, match="env_backend=numpy cannot use it"):
         PPO("CartPole-v1", env_backend="numpy", async_envs=True)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "FrozenLake-v1"])
+def test_sync_envs_step_like_gymnasium_sync_vector_env(env_id):
+    """VecEnv's in-process loop (SyncEnvs) against SyncVectorEnv with same-step autoreset: the
+    same observations, rewards, ends and final observations, resets included."""
+    ours = VecEnv(env_id, 3, seed=5)
+    ref = VecEnv.__new__(VecEnv)
+    factory = lambda: make_env(env_id)  # noqa: E731
+    ref._wrap(gym.vector.SyncVectorEnv([factory] * 3, autoreset_mode=AutoresetMode.SAME_STEP), seed=5)
+    np.testing.assert_array_equal(ours.reset(), ref.reset())
+    space = ours.single_action_space
+    space.seed(0)
+    ends = 0
+    for _ in range(600):
+        actions = np.stack([space.sample() for _ in range(3)])
+        a, b = ours.step(actions), ref.step(actions)
+        for field in ("obs", "reward", "terminated", "truncated", "final_obs"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+        ends += int(a.done.sum())
+    assert ends > 3  # autoresets were compared

@@ -223,6 +223,49 @@ def env_spaces(env: EnvLike, *, flatten_obs: bool = False) -> EnvSpaces:
         probe.close()
 
 
+class SyncEnvs:
+    """N envs stepped one after the other in this process: what ``gymnasium.vector.SyncVectorEnv``
+    does with ``AutoresetMode.SAME_STEP`` (same calls, same order, so the same episodes and RNG
+    draws), minus its per-step info merging and copies, which cost more than a classic-control
+    step. ``VecEnv`` uses it for ``asynchronous=False``."""
+
+    def __init__(self, envs: list[gym.Env]):
+        self.envs = envs
+        self.num_envs = len(envs)
+        self.single_observation_space = envs[0].observation_space
+        self.single_action_space = envs[0].action_space
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        seeds = [None if seed is None else seed + i for i in range(self.num_envs)]  # SyncVectorEnv's seeding
+        return np.stack([env.reset(seed=s)[0] for env, s in zip(self.envs, seeds)]), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        n = self.num_envs
+        obs = np.empty((n, *self.single_observation_space.shape), dtype=self.single_observation_space.dtype)
+        reward = np.empty(n, dtype=np.float64)
+        terminated, truncated = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        info: dict[str, Any] = {}
+        for i, env in enumerate(self.envs):
+            obs[i], reward[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                if not info:
+                    info = {"final_obs": [None] * n, "_final_obs": np.zeros(n, dtype=bool)}
+                info["final_obs"][i], info["_final_obs"][i] = obs[i].copy(), True
+                obs[i] = env.reset()[0]
+        return obs, reward, terminated, truncated, info
+
+    def get_attr(self, name: str) -> list[Any]:
+        return [getattr(env, name) for env in self.envs]
+
+    def set_attr(self, name: str, values: list[Any]) -> None:
+        for env, value in zip(self.envs, values, strict=True):
+            setattr(env, name, value)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
 @dataclass
 class Step:
     """One step of N envs: NumPy arrays from ``VecEnv``, tensors on the env's device from ``TorchVecEnv``."""
@@ -254,8 +297,10 @@ class VecEnv:
         def factory() -> gym.Env:
             return make_env(env, flatten_obs=flatten_obs, **kwargs)
 
-        vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-        self._wrap(vector_cls([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP), seed)
+        if asynchronous:
+            self._wrap(gym.vector.AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.SAME_STEP), seed)
+        else:
+            self._wrap(SyncEnvs([factory() for _ in range(num_envs)]), seed)
 
     def _wrap(self, envs: gym.vector.VectorEnv, seed: int) -> None:
         self.envs = envs
