@@ -65,12 +65,11 @@ class PPGConfig(ActorCriticConfig):
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
     def check(self) -> list[str]:
+        problems = minibatch_problems(self)
         rollout = self.num_envs * self.num_steps
-        if self.batch_size > rollout:
-            return minibatch_problems(self)
         if self.aux_batch_size > rollout * self.n_pi:
-            return [f"aux_batch_size ({self.aux_batch_size}) must be <= n_pi * num_envs * num_steps ({rollout * self.n_pi})"]
-        return []
+            problems.append(f"aux_batch_size ({self.aux_batch_size}) must be <= n_pi * num_envs * num_steps ({rollout * self.n_pi})")
+        return problems
 
 
 def joint_loss(aux_value: Tensor, v_target: Tensor, kl: Tensor, beta_clone: float) -> tuple[Tensor, Tensor]:

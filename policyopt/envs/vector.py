@@ -353,6 +353,22 @@ NUMPY_VECTOR_ENVS: dict[str, tuple[Callable[[Any, np.ndarray], np.ndarray], tupl
 }
 
 
+def _reset_ended(
+    obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+    reset_rows: Callable[[np.ndarray], np.ndarray],
+) -> Step:
+    """The ``Step`` of an env that resets an ended episode at the *next* step: the ended rows
+    start their new episodes now (``reset_rows(rows)`` returns their first observations), and
+    their last observations go to ``final_obs``."""
+    final_obs = obs
+    done = terminated | truncated
+    if done.any():
+        final_obs = obs.copy()
+        rows = np.flatnonzero(done)
+        obs[rows] = reset_rows(rows)
+    return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+
+
 def check_numpy_vector_env(env: EnvLike) -> None:
     if env not in NUMPY_VECTOR_ENVS:
         raise EnvError(f"env_backend=numpy supports {', '.join(NUMPY_VECTOR_ENVS)}; not {env!r}")
@@ -381,14 +397,10 @@ class NumpyVecEnv(VecEnv):
         obs, reward, terminated, truncated, _ = self.envs.step(actions)
         # the env returns its state transposed (column-major); a row-major copy makes the policy's
         # input the same array layout as a checkpoint's, so a resumed run rounds identically
-        obs = np.ascontiguousarray(obs)
-        final_obs = obs
-        done = terminated | truncated
-        if done.any():
-            final_obs = obs.copy()
-            rows = np.flatnonzero(done)
-            obs[rows] = self.reset_rows(self.envs.unwrapped, rows)
-        return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+        return _reset_ended(np.ascontiguousarray(obs), reward, terminated, truncated, self._reset_rows)
+
+    def _reset_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.reset_rows(self.envs.unwrapped, rows)
 
     @property
     def snapshot(self) -> list[dict]:
@@ -459,14 +471,10 @@ class EnvPoolVecEnv(VecEnv):
 
     def step(self, actions: np.ndarray) -> Step:
         obs, reward, terminated, truncated, _ = self.envs.step(actions)
-        obs = obs.astype(np.float32, copy=False)
-        final_obs = obs
-        done = terminated | truncated
-        if done.any():
-            final_obs = obs.copy()
-            rows = np.flatnonzero(done)
-            obs[rows] = self.envs.reset(env_id=rows)[0]
-        return Step(obs, reward.astype(np.float32, copy=False), terminated, truncated, final_obs)
+        return _reset_ended(obs.astype(np.float32, copy=False), reward, terminated, truncated, self._reset_rows)
+
+    def _reset_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.envs.reset(env_id=rows)[0]  # EnvPool's partial reset
 
     @property
     def snapshot(self) -> list[None]:
