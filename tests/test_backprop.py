@@ -1,0 +1,116 @@
+"""core.backprop: the written-out backward pass equals autograd's gradient of the same loss."""
+
+import gymnasium as gym
+import pytest
+import torch
+
+from policyopt.algos.ppo import PPO
+from policyopt.config import ConfigError
+from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
+from policyopt.core.losses import clipped_surrogate_loss, value_loss
+from policyopt.core.nets import ActorCritic
+
+B, OBS_DIM = 96, 5
+DISCRETE, BOX = gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))
+
+
+def minibatch(policy: ActorCritic, space: gym.Space, seed: int) -> dict[str, torch.Tensor]:
+    """Random states and actions; old log-probs and values shifted so that some ratios and values
+    fall outside the clip range on both sides."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(B, OBS_DIM, generator=g)
+    with torch.no_grad():
+        dist, value = policy.dist_and_value(obs)
+        action = dist.sample()
+        logp = dist.log_prob(action)
+    return {
+        "obs": obs,
+        "action": action,
+        "logp": logp + 0.3 * torch.randn(B, generator=g),
+        "adv": torch.randn(B, generator=g),
+        "value": value + 0.3 * torch.randn(B, generator=g),
+        "v_target": value + torch.randn(B, generator=g),
+    }
+
+
+@pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
+@pytest.mark.parametrize("hidden,activation", [((64, 64), "tanh"), ((32,), "relu"), ((), "tanh")])
+@pytest.mark.parametrize("clip_vloss,ent_coef", [(False, 0.0), (True, 0.01)])
+def test_gradient_equals_autograd(space, hidden, activation, clip_vloss, ent_coef):
+    torch.manual_seed(0)
+    policy = ActorCritic(OBS_DIM, space, hidden, activation, log_std_init=-0.5)
+    mb = minibatch(policy, space, seed=1)
+    clip, vf_coef = 0.2, 0.5
+    vclip = clip if clip_vloss else None
+
+    dist, value = policy.dist_and_value(mb["obs"])
+    ratio = (dist.log_prob(mb["action"]) - mb["logp"]).exp()
+    loss = (clipped_surrogate_loss(ratio, mb["adv"], clip) + vf_coef * value_loss(value, mb["v_target"], mb["value"], vclip)
+            - ent_coef * dist.entropy().mean())
+    expected = torch.autograd.grad(loss, list(policy.parameters()))
+    clipped = ((ratio - 1).abs() > clip).float().mean()
+    assert 0.1 < clipped < 0.9  # both branches of the clipped surrogate are exercised
+
+    with torch.no_grad():
+        fp = ForwardPass(policy, mb["obs"], mb["action"])
+        # the forward pass is the module's own, bit for bit
+        assert torch.equal(fp.logp, dist.log_prob(mb["action"]))
+        assert torch.equal(fp.entropy, dist.entropy()) and torch.equal(fp.value, value)
+        pg, dlogp = clipped_surrogate_with_grad((fp.logp - mb["logp"]).exp(), mb["adv"], clip)
+        vl, dvalue = value_loss_with_grad(fp.value, mb["v_target"], mb["value"], vclip)
+        assert torch.equal(pg + vf_coef * vl - ent_coef * fp.entropy.mean(), loss.detach())
+        grads = fp.grads(dlogp, -ent_coef / B, vf_coef * dvalue)
+
+    assert len(grads) == len(expected)
+    for p, g in zip(policy.parameters(), expected):
+        assert grads[p].shape == p.shape
+        torch.testing.assert_close(grads[p], g, rtol=1e-5, atol=1e-6 * g.abs().max().item() + 1e-12)
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(shared=True), "separate actor and critic"),
+    (dict(value_head=False), "separate actor and critic"),
+    (dict(activation="elu"), "ELU"),
+])
+def test_unsupported_networks_are_named(kwargs, reason):
+    assert unsupported(ActorCritic(OBS_DIM, DISCRETE, **kwargs)) and reason in unsupported(ActorCritic(OBS_DIM, DISCRETE, **kwargs))
+    assert unsupported(ActorCritic(OBS_DIM, BOX, policy="beta")).startswith("it supports Categorical and Gaussian")
+    assert unsupported(ActorCritic(OBS_DIM, BOX)) is None
+
+
+@pytest.mark.parametrize("env_id,options", [
+    ("CartPole-v1", dict(anneal_lr=True, anneal_clip=True, target_kl=0.05)),
+    ("Pendulum-v1", dict(clip_vloss=True, ent_coef=0.01, normalize_obs=True)),
+    ("CartPole-v1", dict(objective="none")),
+])
+def test_ppo_with_closed_form_grad_tracks_autograd(env_id, options):
+    """Same seeds, same rollouts: after several updates the parameters still agree to float
+    rounding amplified by Adam, and the logged losses agree."""
+    base = dict(num_envs=4, num_steps=64, batch_size=64, update_epochs=4, **options)
+    logs = {True: [], False: []}
+    agents = {
+        flag: PPO(env_id, seed=0, preset=False, closed_form_grad=flag, **base).learn(
+            768, progress=False, callback=lambda a, m, flag=flag: logs[flag].append(m))
+        for flag in (False, True)
+    }
+    init = PPO(env_id, seed=0, preset=False, **base).nets.parameters()
+    moved = False
+    for x, y, p0 in zip(agents[False].nets.parameters(), agents[True].nets.parameters(), init):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+        moved |= not torch.allclose(x, p0)
+    assert moved
+    for a, b in zip(logs[False], logs[True]):
+        for key in ("loss/policy", "loss/value", "loss/entropy", "diag/grad_norm", "diag/epochs"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(objective="adaptive_kl"), "objective clip or none"),
+    (dict(compile=True), "exclude each other"),
+    (dict(shared_network=True), "separate actor and critic"),
+    (dict(policy="beta"), "Categorical and Gaussian"),
+])
+def test_closed_form_grad_rejects_what_it_does_not_cover(options, message):
+    env_id = "Pendulum-v1" if options.get("policy") == "beta" else "CartPole-v1"
+    with pytest.raises(ConfigError, match=message):
+        PPO(env_id, seed=0, preset=False, closed_form_grad=True, **options)
