@@ -110,11 +110,12 @@ def test_same_seed_same_parameters():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed,backend", [
-    (0, "gymnasium"), (1, "gymnasium"), (2, "gymnasium"), (0, "numpy"), pytest.param(0, "envpool", marks=needs_envpool)
+@pytest.mark.parametrize("seed,backend,closed_form", [
+    (0, "gymnasium", False), (1, "gymnasium", False), (2, "gymnasium", False), (0, "numpy", False),
+    pytest.param(0, "envpool", False, marks=needs_envpool), (1, "gymnasium", True),
 ])
-def test_ppo_solves_cartpole_in_100k_steps(seed, backend):
-    agent = PPO("CartPole-v1", seed=seed, env_backend=backend).learn(100_000, progress=False)
+def test_ppo_solves_cartpole_in_100k_steps(seed, backend, closed_form):
+    agent = PPO("CartPole-v1", seed=seed, env_backend=backend, closed_form_grad=closed_form).learn(100_000, progress=False)
     assert np.mean(agent.evaluate(20)) >= 475
 
 
