@@ -22,8 +22,9 @@ The forward pass is the same sequence of operations as the module's own (``nets.
 heads, ``core.distributions``), so ``logp``, ``entropy`` and ``value`` are bit-identical to
 those of ``ActorCritic.dist_and_value``; the gradients equal autograd's up to float rounding
 (the tests compare them for every supported network). At the small networks of RL the
-autograd engine's per-node bookkeeping costs as much as the arithmetic; without it a PPO
-minibatch step on CartPole's 64x64 networks takes about 40% less time.
+autograd engine's per-node bookkeeping costs as much as the arithmetic: PPO's update on the
+CartPole zoo configuration (20 clipped Adam steps on 256 samples, 64x64 networks) took 32 ms
+here against 41-45 ms with autograd.
 
 Supported: ``ActorCritic`` with separate actor and critic MLPs (``tanh`` or ``relu``), a
 Categorical or a diagonal Gaussian head (``unsupported`` says why another network is not).
@@ -39,11 +40,11 @@ from policyopt.core.distributions import LOG_SQRT_2PI
 from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
-ACTIVATIONS = {
+_ACTIVATIONS = {
     nn.Tanh: (torch.tanh, torch.ops.aten.tanh_backward),
     nn.ReLU: (F.relu, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
 }
-HEADS = (CategoricalHead, GaussianHead)
+_HEADS = (CategoricalHead, GaussianHead)
 
 
 def unsupported(policy: nn.Module) -> str | None:
@@ -52,10 +53,10 @@ def unsupported(policy: nn.Module) -> str | None:
         return f"{type(policy).__name__} is not an ActorCritic"
     if policy.shared or policy.critic is None:
         return "it needs separate actor and critic networks (shared_network=false)"
-    if not isinstance(policy.actor_head, HEADS):
+    if not isinstance(policy.actor_head, _HEADS):
         return f"it supports Categorical and Gaussian policies, not {type(policy.actor_head).__name__}"
     for layer in (*policy.actor_body, *policy.critic):
-        if not isinstance(layer, nn.Linear) and type(layer) not in ACTIVATIONS:
+        if not isinstance(layer, nn.Linear) and type(layer) not in _ACTIVATIONS:
             return f"it supports tanh and relu activations, not {type(layer).__name__}"
     return None
 
@@ -64,7 +65,7 @@ def _mlp_forward(net: MLP, x: Tensor) -> list[Tensor]:
     """``[x, h_1, ..., h_n]``: the input and each layer's output (after its activation, if any)."""
     outs = [x]
     for layer in net:
-        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else ACTIVATIONS[type(layer)][0](x)
+        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else _ACTIVATIONS[type(layer)][0](x)
         outs.append(x)
     return outs
 
@@ -76,7 +77,7 @@ def _mlp_backward(net: MLP, outs: list[Tensor], grad: Tensor, grads: dict[nn.Par
     for k in range(len(layers) - 1, -1, -1):
         layer, out, inp = layers[k], outs[k + 1], outs[k]
         if not isinstance(layer, nn.Linear):
-            grad = ACTIVATIONS[type(layer)][1](grad, out)
+            grad = _ACTIVATIONS[type(layer)][1](grad, out)
             continue
         grads[layer.weight] = grad.t().mm(inp)
         grads[layer.bias] = grad.sum(0)
