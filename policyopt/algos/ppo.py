@@ -112,11 +112,12 @@ class PPO(ActorCriticAgent):
             optimizer = adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)
         self.optimizers = {"policy": optimizer}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
-        self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
         if cfg.closed_form_grad:
             if reason := unsupported(self.policy):
                 raise ConfigError(f"closed_form_grad: {reason}")
             self.minibatch_loss = self._closed_form_grad
+        else:
+            self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
         self.apply_gradients = torch.compile(self._apply_gradients) if cfg.compile else self._apply_gradients
 
     def extra_state(self) -> dict:

@@ -8,7 +8,7 @@ log-probability of the taken action, the entropy of pi(.|s) and the value:
 so dL/dtheta is the chain rule through three stages, each a few matrix operations:
 
 1. the loss terms give ``dlogp_i = dL/dlogp_i``, ``dent_i = dL/dH_i`` and ``dvalue_i = dL/dv_i``
-   (``clipped_surrogate_grad`` and ``value_loss_grad`` below; the entropy term gives
+   (``clipped_surrogate_with_grad`` and ``value_loss_with_grad`` below; the entropy term gives
    ``dent_i = -ent_coef / B``);
 2. the policy head turns them into the gradient of its outputs:
    Categorical, with ``lp = log softmax(z)`` and ``p = exp(lp)``:
