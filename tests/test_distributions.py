@@ -110,6 +110,16 @@ def test_categorical_sample_frequencies():
     assert math.isclose(d.mode()[0].item(), 1)
 
 
+def test_categorical_sample_draws_what_torch_multinomial_draws():
+    """Same random numbers, same actions: results measured with torch.multinomial stay reproducible."""
+    logits = torch.randn(256, 6) * 3
+    d = Categorical(logits)
+    torch.manual_seed(1)
+    expected = [torch.multinomial(d.probs, 1).squeeze(-1) for _ in range(50)]
+    torch.manual_seed(1)
+    assert all(torch.equal(d.sample(), e) for e in expected)
+
+
 def test_categorical_samples_follow_the_probabilities():
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).expand(200_000, 5)

@@ -9,7 +9,7 @@ import torch
 from policyopt import PPO, SAC
 from policyopt.config import ConfigError
 from policyopt.envs.vector import EnvError
-from policyopt.loops import EpisodeStats, TorchEpisodeStats, resume
+from policyopt.loops import EpisodeStats, TorchEpisodeStats, make_runner, resume
 
 
 def test_torch_episode_stats_match_the_numpy_ones():
@@ -38,6 +38,18 @@ def test_ppo_trains_on_the_torch_envs_and_resumes_exactly(tmp_path, env_id):
     for (name, a), (_, b) in zip(full.nets.state_dict().items(), resumed.nets.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert np.isfinite(full.evaluate(2)).all()  # the policy acts in the Gymnasium env too
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_rollout_on_the_torch_envs_reads_nothing_back_to_the_host(env_id):
+    """Each value read back (``.item()``, ``bool(tensor)``) would be a device sync per step on a GPU."""
+    agent = PPO(env_id, seed=0, env_backend="torch", num_envs=32, num_steps=8)
+    runner = make_runner(agent)
+    runner.collect()
+    with torch.profiler.profile() as prof:
+        runner.collect()
+    reads = [e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense"]
+    assert sum(reads) == 0
 
 
 def test_ppo_learns_cartpole_on_the_torch_env():

@@ -33,7 +33,12 @@ class Categorical:
         return self.logits.exp()
 
     def sample(self) -> Tensor:
-        return torch.multinomial(self.probs, 1).squeeze(-1)
+        """argmax_a p_a / q_a with q_a ~ Exp(1) i.i.d. (the Gumbel-max trick, exponentiated):
+        the draw ``torch.multinomial(probs, 1)`` makes, from the same random numbers, so the
+        same actions, minus its argument checks, which read two values back to the host every
+        call (a device sync per step on a GPU)."""
+        q = torch.empty_like(self.logits).exponential_(1.0)
+        return self.logits.detach().exp().div_(q).argmax(-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
         return self.logits.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
