@@ -42,6 +42,7 @@ from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
 from policyopt.evaluation import critic_bias
 from policyopt.logging import Logger, ProgressBar
+from policyopt.runtime import tune_malloc
 
 if TYPE_CHECKING:
     from policyopt.agent import Agent
@@ -520,6 +521,7 @@ def train(
     logger: Logger | None = None,
 ) -> None:
     """Run ``agent`` until ``agent.global_step`` reaches the end of ``agent.schedule``."""
+    tune_malloc()
     run_dir = Path(run_dir) if run_dir is not None else None
     if agent.runner is None:
         agent.runner = make_runner(agent)
