@@ -118,3 +118,17 @@ def test_closed_form_grad_rejects_what_it_does_not_cover(options, message):
     env_id = "Pendulum-v1" if options.get("policy") == "beta" else "CartPole-v1"
     with pytest.raises(ConfigError, match=message):
         PPO(env_id, seed=0, preset=False, closed_form_grad=True, **options)
+
+
+@pytest.mark.parametrize("options,closed_form", [
+    (dict(), True),
+    (dict(objective="none", clip_vloss=True), True),
+    (dict(objective="adaptive_kl"), False),
+    (dict(shared_network=True), False),
+    (dict(closed_form_grad=False), False),
+])
+def test_ppo_uses_the_closed_form_grad_wherever_it_applies(options, closed_form):
+    """closed_form_grad unset: the written-out gradient where it covers the network and the
+    objective, autograd (no error) elsewhere."""
+    agent = PPO("CartPole-v1", seed=0, preset=False, **options)
+    assert (agent.minibatch_loss == agent._closed_form_grad) is closed_form

@@ -12,8 +12,9 @@ picked by ``objective``: ``clip`` (eq. 7), ``adaptive_kl`` and ``fixed_kl`` (eq.
 
 The implementation details follow Huang et al., "The 37 Implementation Details of PPO"
 (ICLR blog track 2022); each one is a config flag.
-``closed_form_grad=true`` computes the minibatch gradient with the backward pass written out
-in ``core.backprop`` instead of autograd (faster on CPU, equal up to float rounding).
+The minibatch gradient comes from the backward pass written out in ``core.backprop`` where
+that covers the network and objective (faster on CPU, equal to autograd's up to float
+rounding), from autograd elsewhere; ``closed_form_grad`` true or false forces one of them.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ class PPOConfig(ActorCriticConfig):
     adam_eps: float = 1e-5
     compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
     # the minibatch gradient from core.backprop's written-out backward pass instead of autograd:
-    # faster on CPU, equal up to float rounding (MLP actor-critics, Categorical or Gaussian policy)
-    closed_form_grad: bool = False
+    # faster on CPU, equal up to float rounding (MLP actor-critics with separate networks, a
+    # Categorical or Gaussian policy, objective clip or none). None: wherever it applies.
+    closed_form_grad: bool | None = None
     shared_network: bool = False
     normalize_reward: bool = False  # divide rewards by the running std of the discounted return
 
@@ -112,13 +114,22 @@ class PPO(ActorCriticAgent):
             optimizer = adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)
         self.optimizers = {"policy": optimizer}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
-        if cfg.closed_form_grad:
-            if reason := unsupported(self.policy):
-                raise ConfigError(f"closed_form_grad: {reason}")
+        if self._use_closed_form_grad():
             self.minibatch_loss = self._closed_form_grad
         else:
             self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
         self.apply_gradients = torch.compile(self._apply_gradients) if cfg.compile else self._apply_gradients
+
+    def _use_closed_form_grad(self) -> bool:
+        """``closed_form_grad``: as set, or (None) wherever ``core.backprop`` covers the policy,
+        the objective and the update (not with ``compile=true``)."""
+        cfg = self.config
+        reason = unsupported(self.policy)
+        if cfg.closed_form_grad is None:
+            return reason is None and cfg.objective in ("clip", "none") and not cfg.compile
+        if cfg.closed_form_grad and reason:
+            raise ConfigError(f"closed_form_grad: {reason}")
+        return cfg.closed_form_grad
 
     def extra_state(self) -> dict:
         return {"kl_coef": self.kl_coef}
