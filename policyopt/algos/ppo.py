@@ -13,8 +13,9 @@ picked by ``objective``: ``clip`` (eq. 7), ``adaptive_kl`` and ``fixed_kl`` (eq.
 The implementation details follow Huang et al., "The 37 Implementation Details of PPO"
 (ICLR blog track 2022); each one is a config flag.
 The minibatch gradient comes from the backward pass written out in ``core.backprop`` where
-that covers the network and objective (faster on CPU, equal to autograd's up to float
-rounding), from autograd elsewhere; ``closed_form_grad`` true or false forces one of them.
+that covers the network and objective (faster on CPU; autograd's result up to float rounding,
+bit for bit with power-of-two minibatches and no Categorical entropy bonus), from autograd
+elsewhere; ``closed_form_grad`` true or false forces one of them.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class PPOConfig(ActorCriticConfig):
     adam_eps: float = 1e-5
     compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
     # the minibatch gradient from core.backprop's written-out backward pass instead of autograd:
-    # faster on CPU, equal up to float rounding (MLP actor-critics with separate networks, a
+    # faster on CPU, autograd's result up to float rounding (MLP actor-critics with separate networks, a
     # Categorical or Gaussian policy, objective clip or none). None: wherever it applies.
     closed_form_grad: bool | None = None
     shared_network: bool = False
