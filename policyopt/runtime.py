@@ -6,7 +6,7 @@ threshold is free there (1 MiB after glibc's dynamic adjustment for 512 KiB bloc
 blocks above the mmap threshold (128 KiB at first) are mapped and unmapped on every
 allocation. Either way the next allocation of that memory page-faults fresh, zeroed pages back
 in. An update of the off-policy algorithms allocates and frees dozens of ``[2, 256, 256]``
-activations (512 KiB each): SAC's update on Pendulum took 40 to 70 page faults here, about
+activations (512 KiB each): SAC's update on Pendulum took 60 to 80 page faults here, about
 12% of its time. With the mmap threshold at 32 MiB and the trim threshold at 64 MiB, freed
 blocks stay in the heap for the next update: no page faults, and at most 64 MiB of freed
 memory kept by the process.
