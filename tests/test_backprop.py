@@ -130,6 +130,7 @@ def test_closed_form_grad_rejects_what_it_does_not_cover(options, message):
     (dict(objective="none", clip_vloss=True), True),
     (dict(objective="adaptive_kl"), False),
     (dict(shared_network=True), False),
+    (dict(compile=True), False),
     (dict(closed_form_grad=False), False),
 ])
 def test_ppo_uses_the_closed_form_grad_wherever_it_applies(options, closed_form):
