@@ -37,6 +37,7 @@ from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import gae
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
+CLOSED_FORM_OBJECTIVES = ("clip", "none")  # the objectives core.backprop differentiates
 
 
 @dataclass
@@ -71,7 +72,7 @@ class PPOConfig(ActorCriticConfig):
 
     def check(self) -> list[str]:
         problems = minibatch_problems(self)
-        if self.closed_form_grad and self.objective not in ("clip", "none"):
+        if self.closed_form_grad and self.objective not in CLOSED_FORM_OBJECTIVES:
             problems.append(f"closed_form_grad supports objective clip or none, not {self.objective!r}")
         if self.closed_form_grad and self.compile:
             problems.append("closed_form_grad and compile exclude each other: pick one")
@@ -127,7 +128,7 @@ class PPO(ActorCriticAgent):
         cfg = self.config
         reason = unsupported(self.policy)
         if cfg.closed_form_grad is None:
-            return reason is None and cfg.objective in ("clip", "none") and not cfg.compile
+            return reason is None and cfg.objective in CLOSED_FORM_OBJECTIVES and not cfg.compile
         if cfg.closed_form_grad and reason:
             raise ConfigError(f"closed_form_grad: {reason}")
         return cfg.closed_form_grad
