@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,10 +34,12 @@ from torch import Tensor, nn
 
 from policyopt import checkpoint
 from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_dict, to_json
+from policyopt.core.backprop import unsupported
 from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
+from policyopt.runtime import trace
 
 
 def resolve_config(cls: Any, env: EnvLike, config: Any, use_preset: bool, overrides: dict[str, Any]) -> tuple[Any, int | None]:
@@ -312,6 +315,19 @@ class ActorCriticConfig(EnvConfig):
     ortho_init: bool = True
 
 
+class SampleStep(nn.Module):
+    """``(a, log pi(a|s), V(s))`` with ``a ~ pi(.|s)``, for ``ActorCriticAgent.act``."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dist, value = self.policy.dist_and_value(obs)
+        action = dist.sample()
+        return action, dist.log_prob(action), value
+
+
 class ActorCriticAgent(Agent):
     """Base of the on-policy agents whose ``build()`` sets ``self.policy``, a
     ``core.nets.ActorCritic``: acting samples a ~ pi(.|s) (the mode when deterministic) and
@@ -320,9 +336,25 @@ class ActorCriticAgent(Agent):
     policy: nn.Module
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        sample = None if deterministic or torch.is_grad_enabled() else self._traced_sample(obs)
+        if sample is not None:
+            action, logp, value = sample(obs)
+            return action, {"logp": logp, "value": value}
         dist, value = self.policy.dist_and_value(obs)
         action = dist.mode() if deterministic else dist.sample()
         return action, {"logp": dist.log_prob(action), "value": value}
+
+    def _traced_sample(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None:
+        """``SampleStep`` traced (``runtime.trace``: the same draws and bits, about half the time
+        for the 8-env batches of a rollout), per input shape, for the policies ``core.backprop``
+        covers (MLP actor-critics with a Categorical or Gaussian head, whose forward pass has no
+        state or branch a trace could miss); None for others."""
+        traces = self.__dict__.setdefault("_sample_traces", {})
+        key = (obs.shape, obs.dtype, obs.device)
+        if key not in traces or traces[key][0] is not self.policy:
+            traceable = unsupported(self.policy) is None
+            traces[key] = (self.policy, trace(SampleStep(self.policy), (obs,)) if traceable else None)
+        return traces[key][1]
 
     def value(self, obs: Tensor) -> Tensor:
         return self.policy.value(obs)

@@ -56,7 +56,7 @@ def test_gradient_equals_autograd(space, hidden, activation, clip_vloss, ent_coe
         # the forward pass is the module's own, bit for bit
         assert torch.equal(fp.logp, dist.log_prob(mb["action"]))
         assert torch.equal(fp.entropy, dist.entropy()) and torch.equal(fp.value, value)
-        pg, dlogp = clipped_surrogate_with_grad((fp.logp - mb["logp"]).exp(), mb["adv"], clip)
+        pg, dlogp = clipped_surrogate_with_grad((fp.logp - mb["logp"]).exp(), mb["adv"], 1 - clip, 1 + clip)
         vl, dvalue = value_loss_with_grad(fp.value, mb["v_target"], mb["value"], vclip)
         assert torch.equal(pg + vf_coef * vl - ent_coef * fp.entropy.mean(), loss.detach())
         grads = fp.grads(dlogp, -ent_coef / B, vf_coef * dvalue)
@@ -86,6 +86,7 @@ def test_unsupported_networks_are_named(space, kwargs, reason):
     ("CartPole-v1", dict(anneal_lr=True, anneal_clip=True, target_kl=0.05), True),
     ("Pendulum-v1", dict(clip_vloss=True, ent_coef=0.01, normalize_obs=True), True),
     ("CartPole-v1", dict(objective="none"), True),
+    ("CartPole-v1", dict(batch_size=256, anneal_clip=True), True),  # one minibatch per epoch: the whole rollout
     ("Pendulum-v1", dict(objective="none", batch_size=96), False),
     ("CartPole-v1", dict(ent_coef=0.01), False),
 ])

@@ -1,4 +1,5 @@
-"""``runtime.tune_malloc``: freed activations stay in the heap instead of page-faulting back in."""
+"""``runtime.tune_malloc``: freed activations stay in the heap instead of page-faulting back in;
+``runtime.trace``: a recorded module computes what the module computes, and draws the same numbers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from policyopt.runtime import tune_malloc
+from policyopt import PPO
+from policyopt.runtime import trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
 import resource, sys, torch
@@ -39,3 +42,47 @@ def test_tuned_malloc_stops_the_page_faults_of_an_off_policy_update():
 def test_the_users_own_glibc_thresholds_are_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert tune_malloc.__wrapped__() is False
+
+
+class Noisy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.layer(x)) + torch.empty(x.shape[0], 2).exponential_()
+
+
+def test_a_traced_module_reads_its_parameters_live_and_draws_what_the_module_draws():
+    torch.manual_seed(0)
+    module, x = Noisy(), torch.randn(5, 3)
+    state = torch.get_rng_state()
+    traced = trace(module, (x,))
+    assert isinstance(traced, torch.jit.ScriptModule)
+    assert torch.equal(torch.get_rng_state(), state)  # tracing ran the module once; its draws are undone
+    with torch.no_grad():
+        module.layer.weight.add_(1.0)  # an optimizer step in place
+        for _ in range(3):  # the first calls of a trace profile it, later ones run an optimized graph
+            torch.set_rng_state(state)
+            expected = module(x)
+            torch.set_rng_state(state)
+            assert torch.equal(traced(x), expected)
+
+
+def test_trace_falls_back_to_the_module_where_torch_jit_trace_is_gone(monkeypatch):
+    monkeypatch.delattr(torch.jit, "trace")
+    module = Noisy()
+    assert trace(module, (torch.randn(5, 3),)) is module
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_ppo_runs_the_same_with_and_without_traces(monkeypatch, env_id):
+    """Traced acting, closed-form gradient and Adam step: the run of the eager code, bit for bit."""
+    def run():
+        return PPO(env_id, seed=0, num_envs=4, num_steps=64, batch_size=64).learn(1024, progress=False).policy.state_dict()
+
+    traced = run()
+    for module in ("policyopt.agent", "policyopt.algos.ppo", "policyopt.core.optim"):
+        monkeypatch.setattr(f"{module}.trace", lambda module, inputs: module)
+    eager = run()
+    assert all(torch.equal(traced[k], eager[k]) for k in traced)

@@ -21,6 +21,7 @@ elsewhere; ``closed_form_grad`` true or false forces one of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,7 @@ from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import gae
+from policyopt.runtime import trace
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
 CLOSED_FORM_OBJECTIVES = ("clip", "none")  # the objectives core.backprop differentiates
@@ -97,6 +99,33 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
     return kl_coef
 
 
+class ClosedFormGrad(torch.nn.Module):
+    """PPO's minibatch loss terms and their gradient in every parameter of ``policy``, from
+    ``core.backprop``: ``forward`` returns ``[policy loss, value loss, entropy(, approx KL)]``
+    followed by the gradients in ``policy.parameters()`` order. A module, so that ``trace``
+    reads the parameters as live attributes; ``clip_range = [1 - c, 1 + c, c]`` is an input, so
+    that an annealed clip range needs no new trace."""
+
+    def __init__(self, policy: ActorCritic, cfg: PPOConfig):
+        super().__init__()
+        self.policy, self.cfg = policy, cfg
+
+    def forward(
+        self, obs: Tensor, action: Tensor, logp_old: Tensor, adv: Tensor, v_target: Tensor, value_old: Tensor, clip_range: Tensor
+    ) -> tuple[Tensor, ...]:
+        cfg = self.cfg
+        fp = ForwardPass(self.policy, obs, action)
+        log_ratio = fp.logp - logp_old
+        ratio = log_ratio.exp()
+        pg_loss, dlogp = clipped_surrogate_with_grad(ratio, adv, clip_range[0], clip_range[1])
+        v_loss, dvalue = value_loss_with_grad(fp.value, v_target, value_old, clip_range[2] if cfg.clip_vloss else None)
+        grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue)
+        terms = [pg_loss, v_loss, fp.entropy.mean()]
+        if cfg.target_kl is not None:
+            terms.append(((ratio - 1.0) - log_ratio).mean())  # PPO._approx_kl
+        return torch.stack(terms), *(grads[p] for p in self.policy.parameters())
+
+
 class PPO(ActorCriticAgent):
     """PPO for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
@@ -118,6 +147,8 @@ class PPO(ActorCriticAgent):
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
         if self._use_closed_form_grad():
             self.minibatch_loss = self._closed_form_grad
+            self._grad_steps: dict[int, Callable[..., tuple[Tensor, ...]]] = {}  # traced ClosedFormGrad by minibatch size
+            self._clip_range: tuple[float, Tensor | None] = (math.nan, None)
         else:
             self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
         self.apply_gradients = torch.compile(self._apply_gradients) if cfg.compile else self._apply_gradients
@@ -169,10 +200,12 @@ class PPO(ActorCriticAgent):
         coefs = (clip, self.kl_coef)
         if cfg.compile:  # as tensors, so that an annealed or adapted value does not recompile
             coefs = tuple(torch.tensor(c, device=self.device) for c in coefs)
+        whole = n <= cfg.batch_size  # each epoch's one minibatch is the whole batch
+        if whole:  # used as it is: shuffling its rows would change only float rounding
+            data["adv"] = self._normalized(data["adv"])
         for _ in range(cfg.update_epochs):
             epochs_run += 1
-            for idx in minibatch_indices(n, cfg.batch_size, self.device):
-                mb = {k: v[idx] for k, v in data.items()}
+            for mb in [data] if whole else self._minibatches(data, n):
                 loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
                 if loss is not None:  # else the closed-form gradient is in .grad already
                     for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
@@ -223,7 +256,7 @@ class PPO(ActorCriticAgent):
         dist, value = self.policy.dist_and_value(mb["obs"])
         log_ratio = dist.log_prob(mb["action"]) - mb["logp"]
         ratio = log_ratio.exp()
-        adv = self._advantages(mb)
+        adv = mb["adv"]
         if cfg.objective == "clip":
             pg_loss = clipped_surrogate_loss(ratio, adv, clip)
         else:
@@ -240,22 +273,30 @@ class PPO(ActorCriticAgent):
     ) -> tuple[None, Tensor, Tensor | None]:
         """``_minibatch_loss`` for ``closed_form_grad=true``: the same loss terms, with the
         gradient of the loss written into the parameters' ``.grad`` by ``core.backprop``
-        instead of a loss returned for autograd."""
-        cfg = self.config
-        fp = ForwardPass(self.policy, mb["obs"], mb["action"])
-        log_ratio = fp.logp - mb["logp"]
-        ratio = log_ratio.exp()
-        clip = coefs[0] if cfg.objective == "clip" else math.inf
-        pg_loss, dlogp = clipped_surrogate_with_grad(ratio, self._advantages(mb), clip)
-        v_loss, dvalue = value_loss_with_grad(fp.value, mb["v_target"], mb["value"], coefs[0] if cfg.clip_vloss else None)
-        grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue)
-        for p in self.params:
-            p.grad = grads[p]
-        return None, torch.stack([pg_loss, v_loss, fp.entropy.mean()]), self._approx_kl(ratio, log_ratio)
+        instead of a loss returned for autograd. ``ClosedFormGrad``, traced once per
+        minibatch size (the trace holds 1/B as a constant)."""
+        clip = coefs[0]
+        if self._clip_range[0] != clip:  # (1 - clip, 1 + clip, clip), rounded from floats as the loss rounds them
+            outer = clip if self.config.objective == "clip" else math.inf
+            self._clip_range = (clip, torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
+        inputs = (mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1])
+        size = mb["obs"].shape[0]
+        if size not in self._grad_steps:
+            self._grad_steps[size] = trace(ClosedFormGrad(self.policy, self.config), inputs)
+        terms, *grads = self._grad_steps[size](*inputs)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return None, terms[:3], terms[3] if self.config.target_kl is not None else None
 
-    def _advantages(self, mb: dict[str, Tensor]) -> Tensor:
-        """The minibatch's advantages, normalized to mean 0 and std 1 with ``norm_adv``."""
-        adv = mb["adv"]
+    def _minibatches(self, data: dict[str, Tensor], n: int) -> Iterator[dict[str, Tensor]]:
+        """One epoch of shuffled minibatches of ``data``, each with its advantages normalized."""
+        for idx in minibatch_indices(n, self.config.batch_size, self.device):
+            mb = {k: v[idx] for k, v in data.items()}
+            mb["adv"] = self._normalized(mb["adv"])
+            yield mb
+
+    def _normalized(self, adv: Tensor) -> Tensor:
+        """A minibatch's advantages, normalized to mean 0 and std 1 with ``norm_adv``."""
         if self.config.norm_adv and adv.shape[0] > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         return adv

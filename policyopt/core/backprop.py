@@ -11,8 +11,10 @@ so dL/dtheta is the chain rule through three stages, each a few matrix operation
    (``clipped_surrogate_with_grad`` and ``value_loss_with_grad`` below; the entropy term gives
    ``dent_i = -ent_coef / B``);
 2. the policy head turns them into the gradient of its outputs:
-   Categorical, with ``lp = log softmax(z)`` and ``p = exp(lp)``:
-       dlogp_i/dz_ij = 1[j = a_i] - p_ij,     dH_i/dz_ij = -p_ij (lp_ij + H_i)
+   Categorical, with ``lp = log softmax(z)``, ``p = exp(lp)``, ``H = -sum_j p_j lp_j``:
+       dlogp_i/dlp_ij = 1[j = a_i],   dH_i/dlp_ij = -p_ij (lp_ij + 1),   then through log softmax
+       dL/dz_ij = dL/dlp_ij - p_ij sum_k dL/dlp_ik   (so dlogp_i/dz_ij = 1[j = a_i] - p_ij and
+       dH_i/dz_ij = -p_ij (lp_ij + H_i))
    diagonal Gaussian, with ``u = (a - mu) / sigma``:
        dlogp_i/dmu_ik = u_ik / sigma_k,        dlogp_i/dlog sigma_k = u_ik^2 - 1,   dH_i/dlog sigma_k = 1
 3. each MLP layer ``z_k = h_{k-1} W_k^T + b_k, h_k = act(z_k)``, from the top down:
@@ -105,7 +107,7 @@ class ForwardPass:
         head, features = policy.actor_head, self.actor[-1]
         if isinstance(head, CategoricalHead):
             logits = F.linear(features, head.logits.weight, head.logits.bias)
-            self.log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)
+            self.log_probs = logits.log_softmax(dim=-1)
             self.probs = self.log_probs.exp()
             self.logp = self.log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
             self.entropy = -(self.probs * self.log_probs).sum(-1)
@@ -124,10 +126,11 @@ class ForwardPass:
         head = self.policy.actor_head
         dlogp = dlogp.unsqueeze(-1)
         if isinstance(head, CategoricalHead):  # stage 2, Categorical
-            dz = self.probs * -dlogp
-            dz.scatter_add_(-1, self.action.long().unsqueeze(-1), dlogp)
+            # dL/dlp, then through log_softmax with the kernel autograd uses, for autograd's rounding
+            dlp = torch.zeros_like(self.log_probs).scatter_add_(-1, self.action.long().unsqueeze(-1), dlogp)
             if dent:
-                dz = dz - dent * self.probs * (self.log_probs + self.entropy.unsqueeze(-1))
+                dlp = dlp - dent * self.probs * (self.log_probs + 1.0)
+            dz = torch.ops.aten._log_softmax_backward_data(dlp, self.log_probs, -1, dlp.dtype)
             out_layer = head.logits
         else:  # stage 2, diagonal Gaussian
             dz = dlogp * self.u / self.std
@@ -144,24 +147,27 @@ class ForwardPass:
         return grads
 
 
-def clipped_surrogate_with_grad(ratio: Tensor, adv: Tensor, clip_coef: float) -> tuple[Tensor, Tensor]:
-    """``losses.clipped_surrogate_loss`` (a scalar) and its derivative in logp, ``[B]``
-    (ratio = exp(logp - logp_old)):
+def clipped_surrogate_with_grad(
+    ratio: Tensor, adv: Tensor, low: float | Tensor, high: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """``losses.clipped_surrogate_loss`` (a scalar) with the clip range ``[low, high] = [1 - clip_coef,
+    1 + clip_coef]``, and its derivative in logp, ``[B]`` (ratio = exp(logp - logp_old)):
 
         dL/dlogp_i = -adv_i * ratio_i / B   where the unclipped term is the minimum, else 0
 
     Where the two terms are equal the ratio is inside the clip range and the gradient is the
     unclipped one; where the clipped term is smaller it is constant. ``clip_coef=inf`` gives
-    the unclipped surrogate (PPO's ``objective=none``).
+    the unclipped surrogate (PPO's ``objective=none``). The bounds may be 0-dim tensors (a
+    traced step takes them as inputs), computed as floats first for the loss's own rounding.
     """
     unclipped = ratio * adv
-    clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef) * adv
+    clipped = ratio.clamp(low, high) * adv
     loss = -torch.min(unclipped, clipped).mean()
     return loss, torch.where(unclipped <= clipped, unclipped, 0.0) * (-1.0 / ratio.shape[0])
 
 
 def value_loss_with_grad(
-    value: Tensor, v_target: Tensor, value_old: Tensor, clip_coef: float | None
+    value: Tensor, v_target: Tensor, value_old: Tensor, clip_coef: float | Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """``losses.value_loss`` (a scalar) and its derivative in V, ``[B]``: ``(V - v_target) / B``;
     with ``clip_coef``, zero where the clipped term is the larger one (it is then constant in V)."""
@@ -173,3 +179,4 @@ def value_loss_with_grad(
     sq_clipped = (clipped - v_target).pow(2)
     loss = 0.5 * torch.max(sq, sq_clipped).mean()
     return loss, torch.where(sq >= sq_clipped, err, 0.0) / value.shape[0]
+

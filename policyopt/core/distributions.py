@@ -26,7 +26,7 @@ class Categorical:
     """pi(a|s) = softmax(logits)_a for Discrete action spaces. ``logits: [B, n]``."""
 
     def __init__(self, logits: Tensor):
-        self.logits = logits - logits.logsumexp(dim=-1, keepdim=True)
+        self.logits = logits.log_softmax(dim=-1)
 
     @property
     def probs(self) -> Tensor:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim.adam import adam as torch_adam
 
 from policyopt.core.buffers import minibatch_indices
+from policyopt.runtime import trace
 
 
 def target_copy(online: nn.Module) -> nn.Module:
@@ -83,8 +84,9 @@ class FlatAdam(torch.optim.Optimizer):
         self.params: list[Tensor] = self.param_groups[0]["params"]
         if len({(p.dtype, p.device) for p in self.params}) > 1:
             raise ValueError("FlatAdam needs all parameters on one device, with one dtype")
-        self._flat: tuple[Tensor, Tensor, Tensor, list[Tensor]] | None = None  # m, v, theta, views of theta
+        self._flat: tuple[Tensor, Tensor, Tensor] | None = None  # m, v, theta (a flat copy of the parameters)
         self._step: Tensor | None = None  # the step count every parameter shares, while they all step together
+        self._kernels: dict[tuple, Callable[..., Tensor]] = {}  # _ClippedAdamStep, traced, by its constants
 
     def _build(self) -> None:
         states = [self.state[p] for p in self.params]
@@ -99,7 +101,7 @@ class FlatAdam(torch.optim.Optimizer):
                 st[key] = part.view_as(p)
             flats.append(flat)
         theta = torch.empty_like(flats[0])
-        self._flat = (flats[0], flats[1], theta, [part.view_as(p) for part, p in zip(theta.split(sizes), self.params)])
+        self._flat = (flats[0], flats[1], theta)
         steps = {float(st["step"]) for st in states}
         self._step = torch.tensor(steps.pop()) if len(steps) == 1 else None
         if self._step is not None:
@@ -140,26 +142,21 @@ class FlatAdam(torch.optim.Optimizer):
             return self._partial_update(max_norm)
         group = self.param_groups[0]
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        m, v, theta, theta_views = self._flat
-        grads = [p.grad for p in params]
-        grad = torch.cat([g.reshape(-1) for g in grads])
-        grad_norm = None
-        if max_norm is not None:  # clip_grad_norm_: the norm of the per-tensor norms
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-            grad.mul_(torch.clamp(max_norm / (grad_norm + 1e-6), max=1.0))
-        torch.cat([p.reshape(-1) for p in params], out=theta)
+        m, v, theta = self._flat
         self._step += 1
         t = float(self._step)
         bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
-        m.lerp_(grad, 1 - beta1)
-        v.mul_(beta2)
-        v.addcmul_(grad, grad, value=1 - beta2)
-        denom = v.sqrt()
-        denom.div_(bias_correction2**0.5)
-        denom.add_(eps)
-        theta.addcdiv_(m, denom, value=(lr / bias_correction1) * -1)
-        torch._foreach_copy_(params, theta_views)
-        return grad_norm
+        # the step's two changing scalars, rounded to the parameters' dtype as Adam's kernels round
+        # them; a CPU tensor, which kernels on any device read as a scalar argument (no copy)
+        scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=theta.dtype)
+        grads = [p.grad for p in params]
+        key = (max_norm, beta1, beta2, eps)
+        if key not in self._kernels:
+            kernel = _ClippedAdamStep(max_norm, beta1, beta2, eps, [p.numel() for p in params])
+            copies = [[x.detach().clone() for x in xs] for xs in ([m, v, theta], params, grads)]
+            self._kernels[key] = trace(kernel, (*copies[0], scalars, *copies[1:]))  # on copies: tracing runs the step once
+        grad_norm = self._kernels[key](m, v, theta, scalars, list(params), grads)
+        return None if max_norm is None else grad_norm
 
     def _partial_update(self, max_norm: float | None) -> Tensor | None:
         """PyTorch's clipping and multi-tensor Adam on the parameters that have a gradient. Their
@@ -189,6 +186,35 @@ class FlatAdam(torch.optim.Optimizer):
             maximize=False,
         )
         return grad_norm
+
+
+class _ClippedAdamStep(nn.Module):
+    """The arithmetic of one ``FlatAdam`` step, as tensor operations only (for ``trace``):
+    ``clip_grad_norm_`` to ``max_norm`` (None: no clipping) on the gradients, then Adam on the
+    flat moments ``m``, ``v`` and parameter copy ``theta``, written back into ``params``.
+    ``scalars = [sqrt(1 - beta2^t), -lr / (1 - beta1^t)]``; returns the norm before clipping
+    (the norm is not computed without clipping: then the flat gradient)."""
+
+    def __init__(self, max_norm: float | None, beta1: float, beta2: float, eps: float, sizes: list[int]):
+        super().__init__()
+        self.max_norm, self.beta1, self.beta2, self.eps, self.sizes = max_norm, beta1, beta2, eps, sizes
+
+    def forward(self, m: Tensor, v: Tensor, theta: Tensor, scalars: Tensor, params: list[Tensor], grads: list[Tensor]) -> Tensor:
+        grad = torch.cat([g.reshape(-1) for g in grads])
+        out = grad
+        if self.max_norm is not None:  # clip_grad_norm_: the norm of the per-tensor norms
+            out = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+            grad.mul_(torch.clamp(self.max_norm / (out + 1e-6), max=1.0))
+        torch.cat([p.reshape(-1) for p in params], out=theta)
+        m.lerp_(grad, 1 - self.beta1)
+        v.mul_(self.beta2)
+        v.addcmul_(grad, grad, value=1 - self.beta2)
+        denom = v.sqrt()
+        denom.div_(scalars[0])
+        denom.add_(self.eps)
+        theta.addcdiv_(m * scalars[1], denom)  # theta + step * m / denom, rounded as addcdiv's value= rounds
+        torch._foreach_copy_(params, [part.view_as(p) for part, p in zip(theta.split(self.sizes), params)])
+        return out
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float | None) -> Tensor:
