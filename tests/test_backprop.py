@@ -138,4 +138,4 @@ def test_ppo_uses_the_closed_form_grad_wherever_it_applies(options, closed_form)
     """closed_form_grad unset: the written-out gradient where it covers the network and the
     objective, autograd (no error) elsewhere."""
     agent = PPO("CartPole-v1", seed=0, preset=False, **options)
-    assert (agent.minibatch_loss == agent._closed_form_grad) is closed_form
+    assert (agent.minibatch_step == agent._closed_form_step) is closed_form

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from policyopt import PPO
+from policyopt.core.optim import FlatAdam
 from policyopt.runtime import trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
@@ -86,3 +87,24 @@ def test_ppo_runs_the_same_with_and_without_traces(monkeypatch, env_id):
         monkeypatch.setattr(f"{module}.trace", lambda module, inputs: module)
     eager = run()
     assert all(torch.equal(traced[k], eager[k]) for k in traced)
+
+
+def test_ppo_steps_through_adams_own_path_where_parameters_step_apart(monkeypatch):
+    """A closed-form PPO step whose optimizer cannot take the flat step (parameters that stepped
+    apart, as a checkpoint may hold) sets ``.grad`` and takes Adam's per-parameter step: the
+    same run."""
+    def run():
+        return PPO("CartPole-v1", seed=0, num_envs=4, num_steps=32, batch_size=64).learn(512, progress=False).policy.state_dict()
+
+    flat = run()
+    build = FlatAdam._build
+
+    def build_apart(self):  # as after a step in which some parameters had no gradient
+        build(self)
+        for p in self.params:
+            self.state[p]["step"] = self.state[p]["step"].clone()
+        self._step = None
+
+    monkeypatch.setattr(FlatAdam, "_build", build_apart)
+    apart = run()
+    assert all(torch.equal(flat[k], apart[k]) for k in flat)

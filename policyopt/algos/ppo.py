@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -126,6 +127,23 @@ class ClosedFormGrad(torch.nn.Module):
         return torch.stack(terms), *(grads[p] for p in self.policy.parameters())
 
 
+class ClosedFormStep(torch.nn.Module):
+    """A minibatch step without autograd: ``ClosedFormGrad``'s gradient, then the clipped Adam
+    step of ``FlatAdam.kernel`` on it, in one graph for ``trace``. Takes ``ClosedFormGrad``'s
+    inputs, then the kernel's (``FlatAdam.flat_step`` and the parameters); returns
+    ``[policy loss, value loss, entropy, grad norm(, approx KL)]``."""
+
+    def __init__(self, grad: ClosedFormGrad, adam: torch.nn.Module):
+        super().__init__()
+        self.grad, self.adam = grad, adam
+
+    def forward(self, *inputs: Any) -> Tensor:
+        *grad_inputs, m, v, theta, scalars, params = inputs
+        terms, *grads = self.grad(*grad_inputs)
+        grad_norm = self.adam(m, v, theta, scalars, params, grads)
+        return torch.cat([terms[:3], grad_norm.reshape(1), terms[3:]])
+
+
 class PPO(ActorCriticAgent):
     """PPO for Discrete and Box action spaces (Gaussian, Beta or gSDE policies)."""
 
@@ -146,10 +164,11 @@ class PPO(ActorCriticAgent):
         self.optimizers = {"policy": optimizer}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
         if self._use_closed_form_grad():
-            self.minibatch_loss = self._closed_form_grad
-            self._grad_steps: dict[int, Callable[..., tuple[Tensor, ...]]] = {}  # traced ClosedFormGrad by minibatch size
+            self.minibatch_step = self._closed_form_step
+            self._traced_steps: dict[int, Callable[..., Tensor]] = {}  # ClosedFormStep by minibatch size
             self._clip_range: tuple[float, Tensor | None] = (math.nan, None)
         else:
+            self.minibatch_step = self._autograd_step
             self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
         self.apply_gradients = torch.compile(self._apply_gradients) if cfg.compile else self._apply_gradients
 
@@ -206,13 +225,8 @@ class PPO(ActorCriticAgent):
         for _ in range(cfg.update_epochs):
             epochs_run += 1
             for mb in [data] if whole else self._minibatches(data, n):
-                loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
-                if loss is not None:  # else the closed-form gradient is in .grad already
-                    for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
-                        p.grad = None
-                    loss.backward()
-                grad_norm = self.apply_gradients()
-                sums += torch.cat([terms, grad_norm.reshape(1)])
+                terms, approx_kl = self.minibatch_step(mb, coefs, old_params)
+                sums += terms
                 steps += 1
                 if approx_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
                     stop = True  # SB3's early stop, per minibatch
@@ -237,6 +251,17 @@ class PPO(ActorCriticAgent):
         if uses_kl:
             metrics["diag/kl_coef"] = self.kl_coef
         return metrics
+
+    def _autograd_step(
+        self, mb: dict[str, Tensor], coefs: tuple, old_params: dict[str, Tensor] | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One clipped Adam step on the minibatch loss, by autograd: ``([policy loss, value loss,
+        entropy, grad norm], approx KL or None)``."""
+        loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
+        for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
+            p.grad = None
+        loss.backward()
+        return torch.cat([terms, self.apply_gradients().reshape(1)]), approx_kl
 
     def _apply_gradients(self) -> Tensor:
         """Clip the gradient norm to ``max_grad_norm`` and take the Adam step; returns the norm
@@ -268,25 +293,30 @@ class PPO(ActorCriticAgent):
         return loss, torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach()]), self._approx_kl(ratio, log_ratio)
 
     @torch.no_grad()
-    def _closed_form_grad(
-        self, mb: dict[str, Tensor], coefs: tuple, old_params: None
-    ) -> tuple[None, Tensor, Tensor | None]:
-        """``_minibatch_loss`` for ``closed_form_grad=true``: the same loss terms, with the
-        gradient of the loss written into the parameters' ``.grad`` by ``core.backprop``
-        instead of a loss returned for autograd. ``ClosedFormGrad``, traced once per
-        minibatch size (the trace holds 1/B as a constant)."""
+    def _closed_form_step(self, mb: dict[str, Tensor], coefs: tuple, old_params: None) -> tuple[Tensor, Tensor | None]:
+        """``_autograd_step`` with the gradient written out by ``core.backprop``: ``ClosedFormStep``,
+        traced once per minibatch size (the trace holds 1/B as a constant)."""
+        cfg, optimizer = self.config, self.optimizers["policy"]
         clip = coefs[0]
         if self._clip_range[0] != clip:  # (1 - clip, 1 + clip, clip), rounded from floats as the loss rounds them
-            outer = clip if self.config.objective == "clip" else math.inf
+            outer = clip if cfg.objective == "clip" else math.inf
             self._clip_range = (clip, torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
         inputs = (mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1])
-        size = mb["obs"].shape[0]
-        if size not in self._grad_steps:
-            self._grad_steps[size] = trace(ClosedFormGrad(self.policy, self.config), inputs)
-        terms, *grads = self._grad_steps[size](*inputs)
-        for p, g in zip(self.params, grads):
-            p.grad = g
-        return None, terms[:3], terms[3] if self.config.target_kl is not None else None
+        adam = optimizer.flat_step()
+        if adam is None:  # parameters that stepped apart (a checkpoint's optimizer state): Adam's own step
+            terms, *grads = ClosedFormGrad(self.policy, cfg)(*inputs)
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            out = torch.cat([terms[:3], self.apply_gradients().reshape(1), terms[3:]])
+        else:
+            size = mb["obs"].shape[0]
+            if size not in self._traced_steps:  # traced on copies of what the step changes: tracing runs it once
+                max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
+                step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm))
+                copies = [x.detach().clone() for x in adam[:3]], [p.detach().clone() for p in self.params]
+                self._traced_steps[size] = trace(step, (*inputs, *copies[0], adam[3], copies[1]))
+            out = self._traced_steps[size](*inputs, *adam, self.params)
+        return out[:4], out[4] if cfg.target_kl is not None else None
 
     def _minibatches(self, data: dict[str, Tensor], n: int) -> Iterator[dict[str, Tensor]]:
         """One epoch of shuffled minibatches of ``data``, each with its advantages normalized."""

@@ -135,28 +135,43 @@ class FlatAdam(torch.optim.Optimizer):
         return self._update(float("inf") if max_norm is None else max_norm)
 
     def _update(self, max_norm: float | None) -> Tensor | None:
+        params = self.params
         if self._flat is None:
             self._build()
-        params = self.params
         if self._step is None or any(p.grad is None for p in params):
             return self._partial_update(max_norm)
+        m, v, theta, scalars = self.flat_step()
+        grads = [p.grad for p in params]
         group = self.param_groups[0]
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        m, v, theta = self._flat
+        key = (max_norm, *group["betas"], group["eps"])
+        if key not in self._kernels:  # traced on copies: tracing runs the step once
+            copies = [[x.detach().clone() for x in xs] for xs in ([m, v, theta], params, grads)]
+            self._kernels[key] = trace(self.kernel(max_norm), (*copies[0], scalars, *copies[1:]))
+        grad_norm = self._kernels[key](m, v, theta, scalars, list(params), grads)
+        return None if max_norm is None else grad_norm
+
+    def kernel(self, max_norm: float | None) -> _ClippedAdamStep:
+        """The arithmetic of a step with this optimizer's constants, for a caller that runs it
+        inside a graph of its own (on the inputs from ``flat_step``)."""
+        group = self.param_groups[0]
+        return _ClippedAdamStep(max_norm, *group["betas"], group["eps"], [p.numel() for p in self.params])
+
+    def flat_step(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """Count a step and return ``(m, v, theta, scalars)``, the inputs of ``kernel`` for it; None
+        while the parameters step apart (see ``_partial_update``), and then nothing is counted."""
+        if self._flat is None:
+            self._build()
+        if self._step is None:
+            return None
+        group = self.param_groups[0]
+        lr, (beta1, beta2) = group["lr"], group["betas"]
         self._step += 1
         t = float(self._step)
         bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
         # the step's two changing scalars, rounded to the parameters' dtype as Adam's kernels round
         # them; a CPU tensor, which kernels on any device read as a scalar argument (no copy)
-        scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=theta.dtype)
-        grads = [p.grad for p in params]
-        key = (max_norm, beta1, beta2, eps)
-        if key not in self._kernels:
-            kernel = _ClippedAdamStep(max_norm, beta1, beta2, eps, [p.numel() for p in params])
-            copies = [[x.detach().clone() for x in xs] for xs in ([m, v, theta], params, grads)]
-            self._kernels[key] = trace(kernel, (*copies[0], scalars, *copies[1:]))  # on copies: tracing runs the step once
-        grad_norm = self._kernels[key](m, v, theta, scalars, list(params), grads)
-        return None if max_norm is None else grad_norm
+        scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=self._flat[0].dtype)
+        return (*self._flat, scalars)
 
     def _partial_update(self, max_norm: float | None) -> Tensor | None:
         """PyTorch's clipping and multi-tensor Adam on the parameters that have a gradient. Their
