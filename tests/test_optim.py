@@ -338,6 +338,30 @@ def test_flat_adam_is_clip_grad_norm_then_adam_bit_for_bit(max_norm):
         adam.step()
         for a, b in zip(ours, ref):
             assert torch.equal(a, b)
+    assert flat._step == 30  # every step took the flat path (one shared step count)
+
+
+def test_flat_adam_steps_parameters_in_place_and_notices_replaced_data():
+    """The parameters become views of FlatAdam's flat tensor at the first step; a parameter whose
+    data is replaced afterwards (``.data =``) is taken into a new flat tensor, and the run goes on
+    as torch.optim.Adam's."""
+    ours, ref = _param_pair()
+    flat = FlatAdam(ours, lr=1e-2)
+    adam = torch.optim.Adam(ref, lr=1e-2, foreach=True)
+    gen = torch.Generator().manual_seed(4)
+    for step in range(8):
+        if step == 4:
+            for p in (ours[2], ref[2]):
+                p.data = p.data.clone() * 0.5
+        _set_grads(ours, ref, gen)
+        flat.clip_and_step(0.5)
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        adam.step()
+        theta = flat._flat[2]
+        assert all(p.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr() for p in ours)
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+    assert flat._step == 8
 
 
 def test_flat_adam_skips_parameters_without_gradients_like_adam():

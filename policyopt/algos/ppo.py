@@ -130,7 +130,7 @@ class ClosedFormGrad(torch.nn.Module):
 class ClosedFormStep(torch.nn.Module):
     """A minibatch step without autograd: ``ClosedFormGrad``'s gradient, then the clipped Adam
     step of ``FlatAdam.kernel`` on it, in one graph for ``trace``. Takes ``ClosedFormGrad``'s
-    inputs, then the kernel's (``FlatAdam.flat_step`` and the parameters); returns
+    inputs, then the kernel's (``FlatAdam.flat_step``); returns
     ``[policy loss, value loss, entropy, grad norm(, approx KL)]``."""
 
     def __init__(self, grad: ClosedFormGrad, adam: torch.nn.Module):
@@ -138,9 +138,9 @@ class ClosedFormStep(torch.nn.Module):
         self.grad, self.adam = grad, adam
 
     def forward(self, *inputs: Any) -> Tensor:
-        *grad_inputs, m, v, theta, scalars, params = inputs
+        *grad_inputs, m, v, theta, scalars = inputs
         terms, *grads = self.grad(*grad_inputs)
-        grad_norm = self.adam(m, v, theta, scalars, params, grads)
+        grad_norm = self.adam(m, v, theta, scalars, grads)
         return torch.cat([terms[:3], grad_norm.reshape(1), terms[3:]])
 
 
@@ -313,9 +313,8 @@ class PPO(ActorCriticAgent):
             if size not in self._traced_steps:  # traced on copies of what the step changes: tracing runs it once
                 max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
                 step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm))
-                copies = [x.detach().clone() for x in adam[:3]], [p.detach().clone() for p in self.params]
-                self._traced_steps[size] = trace(step, (*inputs, *copies[0], adam[3], copies[1]))
-            out = self._traced_steps[size](*inputs, *adam, self.params)
+                self._traced_steps[size] = trace(step, (*inputs, *[x.clone() for x in adam]))
+            out = self._traced_steps[size](*inputs, *adam)
         return out[:4], out[4] if cfg.target_kl is not None else None
 
     def _minibatches(self, data: dict[str, Tensor], n: int) -> Iterator[dict[str, Tensor]]:
