@@ -345,7 +345,7 @@ class ActorCriticAgent(Agent):
         return action, {"logp": dist.log_prob(action), "value": value}
 
     def _traced_sample(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None:
-        """``SampleStep`` traced (``runtime.trace``: the same draws and bits, about half the time
+        """``SampleStep`` traced (``runtime.trace``: the same draws and bits, about 40% less time
         for the 8-env batches of a rollout), per input shape, for the policies ``core.backprop``
         covers (MLP actor-critics with a Categorical or Gaussian head, whose forward pass has no
         state or branch a trace could miss); None for others."""

@@ -179,4 +179,3 @@ def value_loss_with_grad(
     sq_clipped = (clipped - v_target).pow(2)
     loss = 0.5 * torch.max(sq, sq_clipped).mean()
     return loss, torch.where(sq >= sq_clipped, err, 0.0) / value.shape[0]
-
