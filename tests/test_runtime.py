@@ -78,9 +78,14 @@ def test_trace_falls_back_to_the_module_where_torch_jit_trace_is_gone(monkeypatc
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_ppo_runs_the_same_with_and_without_traces(monkeypatch, env_id):
-    """Traced acting, closed-form gradient and Adam step: the run of the eager code, bit for bit."""
+    """Traced acting, closed-form gradient and Adam step: the run of the eager code, bit for bit,
+    also where a callback changes a loss coefficient between updates (a new trace then)."""
+    def anneal_entropy_bonus(agent, metrics):
+        agent.config.ent_coef = 0.01 * (1 - agent.global_step / 1024)
+
     def run():
-        return PPO(env_id, seed=0, num_envs=4, num_steps=64, batch_size=64).learn(1024, progress=False).policy.state_dict()
+        agent = PPO(env_id, seed=0, num_envs=4, num_steps=64, batch_size=64)
+        return agent.learn(1024, progress=False, callback=anneal_entropy_bonus).policy.state_dict()
 
     traced = run()
     for module in ("policyopt.agent", "policyopt.algos.ppo", "policyopt.core.optim"):

@@ -165,8 +165,8 @@ class PPO(ActorCriticAgent):
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
         if self._use_closed_form_grad():
             self.minibatch_step = self._closed_form_step
-            self._traced_steps: dict[int, Callable[..., Tensor]] = {}  # ClosedFormStep by minibatch size
-            self._clip_range: tuple[float, Tensor | None] = (math.nan, None)
+            self._traced_steps: dict[tuple, Callable[..., Tensor]] = {}  # ClosedFormStep, traced, by its constants
+            self._clip_range: tuple[tuple[float, str] | None, Tensor | None] = (None, None)
         else:
             self.minibatch_step = self._autograd_step
             self.minibatch_loss = torch.compile(self._minibatch_loss) if cfg.compile else self._minibatch_loss
@@ -295,12 +295,12 @@ class PPO(ActorCriticAgent):
     @torch.no_grad()
     def _closed_form_step(self, mb: dict[str, Tensor], coefs: tuple, old_params: None) -> tuple[Tensor, Tensor | None]:
         """``_autograd_step`` with the gradient written out by ``core.backprop``: ``ClosedFormStep``,
-        traced once per minibatch size (the trace holds 1/B as a constant)."""
+        traced once per minibatch size and set of loss coefficients."""
         cfg, optimizer = self.config, self.optimizers["policy"]
         clip = coefs[0]
-        if self._clip_range[0] != clip:  # (1 - clip, 1 + clip, clip), rounded from floats as the loss rounds them
+        if self._clip_range[0] != (clip, cfg.objective):  # (1 - c, 1 + c, clip), rounded from floats as the loss rounds them
             outer = clip if cfg.objective == "clip" else math.inf
-            self._clip_range = (clip, torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
+            self._clip_range = ((clip, cfg.objective), torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
         inputs = (mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1])
         adam = optimizer.flat_step()
         if adam is None:  # parameters that stepped apart (a checkpoint's optimizer state): Adam's own step
@@ -309,12 +309,14 @@ class PPO(ActorCriticAgent):
                 p.grad = g
             out = torch.cat([terms[:3], self.apply_gradients().reshape(1), terms[3:]])
         else:
-            size = mb["obs"].shape[0]
-            if size not in self._traced_steps:  # traced on copies of what the step changes: tracing runs it once
+            # the trace holds 1/B and the config's coefficients as constants: one per minibatch size and
+            # coefficients (a callback may change ent_coef, say, between updates)
+            key = (mb["obs"].shape[0], cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm, cfg.clip_vloss, cfg.target_kl is None)
+            if key not in self._traced_steps:  # traced on copies of what the step changes: tracing runs it once
                 max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
                 step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm))
-                self._traced_steps[size] = trace(step, (*inputs, *[x.clone() for x in adam]))
-            out = self._traced_steps[size](*inputs, *adam)
+                self._traced_steps[key] = trace(step, (*inputs, *[x.clone() for x in adam]))
+            out = self._traced_steps[key](*inputs, *adam)
         return out[:4], out[4] if cfg.target_kl is not None else None
 
     def _minibatches(self, data: dict[str, Tensor], n: int) -> Iterator[dict[str, Tensor]]:
