@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from policyopt.core.returns import discounted_returns, gae, next_values_from, nstep_returns, vtrace
+from policyopt.core.diagnostics import approx_kl
+from policyopt.core.returns import discounted_returns, gae, next_values_from, nstep_returns, standardize, vtrace
 
 
 def random_rollout(T=12, N=3, seed=0):
@@ -118,3 +119,18 @@ def test_next_values_from_uses_final_values_at_episode_ends():
     final_values = torch.full((3, 2), -1.0)
     nv = next_values_from(values, torch.tensor([100.0, 200.0]), dones, final_values)
     assert nv.tolist() == [[2.0, -1.0], [4.0, 5.0], [100.0, 200.0]]
+
+
+def test_standardize_gives_mean_zero_and_std_one():
+    adv = torch.tensor([3.0, -1.0, 7.0, 0.5, 2.0])
+    out = standardize(adv)
+    assert abs(out.mean().item()) < 1e-6 and out.std().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(standardize(torch.full((4,), 2.0)), torch.zeros(4))  # a constant batch stays finite
+
+
+def test_k3_estimate_matches_the_kl_between_two_gaussians():
+    """KL[N(0, 1), N(0.3, 1)] = 0.3^2 / 2 = 0.045, from samples of the first."""
+    x = torch.randn(400_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    log_ratio = -0.5 * (x - 0.3) ** 2 + 0.5 * x**2  # log N(x; 0.3, 1) - log N(x; 0, 1)
+    assert approx_kl(log_ratio.exp(), log_ratio).item() == pytest.approx(0.045, rel=0.03)
+    assert approx_kl(torch.ones(3), torch.zeros(3)).item() == 0.0

@@ -28,7 +28,7 @@ from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
 from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
-from policyopt.core.returns import gae, nstep_returns
+from policyopt.core.returns import gae, nstep_returns, standardize
 
 
 @dataclass
@@ -82,7 +82,7 @@ class A2C(ActorCriticAgent):
         cfg = self.config
         adv, v_target = (x.reshape(-1) for x in self.advantages(buf))
         if cfg.norm_adv and adv.numel() > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = standardize(adv)
         data = buf.flat("obs", "action", "value")
         lr = cfg.learning_rate * (1.0 - self.progress if cfg.anneal_lr else 1.0)
         optimizer = self.optimizers["policy"]

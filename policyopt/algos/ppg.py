@@ -36,11 +36,11 @@ from torch import Tensor
 from policyopt.agent import ActorCriticConfig, Agent
 from policyopt.config import minibatch_problems
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
-from policyopt.core.diagnostics import explained_variance
+from policyopt.core.diagnostics import approx_kl, explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
 from policyopt.core.nets import ActorCritic, mlp
 from policyopt.core.optim import adam, clip_and_step, fit_regression
-from policyopt.core.returns import gae
+from policyopt.core.returns import gae, standardize
 
 
 @dataclass
@@ -154,7 +154,7 @@ class PPG(Agent):
                 ratio = (dist.log_prob(data["action"][idx]) - data["logp"][idx]).exp()
                 mb_adv = data["adv"][idx]
                 if cfg.norm_adv and len(idx) > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    mb_adv = standardize(mb_adv)
                 pg_loss = clipped_surrogate_loss(ratio, mb_adv, cfg.clip_coef)
                 entropy = dist.entropy().mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -170,7 +170,7 @@ class PPG(Agent):
             "loss/policy": means[0],
             "loss/entropy": means[1],
             "diag/grad_norm": means[2],
-            "diag/approx_kl": ((ratio - 1.0) - log_ratio).mean().item(),  # k3 estimator of KL[pi_old, pi]
+            "diag/approx_kl": approx_kl(ratio, log_ratio).item(),
             "diag/clip_frac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item(),
         }
 

@@ -32,11 +32,11 @@ from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.config import ConfigError, minibatch_problems
 from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
-from policyopt.core.diagnostics import explained_variance, importance_ess
+from policyopt.core.diagnostics import approx_kl, explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
-from policyopt.core.returns import gae
+from policyopt.core.returns import gae, standardize
 from policyopt.runtime import trace
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -123,7 +123,7 @@ class ClosedFormGrad(torch.nn.Module):
         grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue)
         terms = [pg_loss, v_loss, fp.entropy.mean()]
         if cfg.target_kl is not None:
-            terms.append(((ratio - 1.0) - log_ratio).mean())  # PPO._approx_kl
+            terms.append(approx_kl(ratio, log_ratio))
         return torch.stack(terms), *(grads[p] for p in self.policy.parameters())
 
 
@@ -329,14 +329,14 @@ class PPO(ActorCriticAgent):
     def _normalized(self, adv: Tensor) -> Tensor:
         """A minibatch's advantages, normalized to mean 0 and std 1 with ``norm_adv``."""
         if self.config.norm_adv and adv.shape[0] > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            adv = standardize(adv)
         return adv
 
     def _approx_kl(self, ratio: Tensor, log_ratio: Tensor) -> Tensor | None:
         """The k3 estimate of KL[pi_old, pi] for ``target_kl``'s early stop; None without it."""
         if self.config.target_kl is None:
             return None
-        return ((ratio - 1.0) - log_ratio).detach().mean()
+        return approx_kl(ratio, log_ratio).detach()
 
     @torch.no_grad()
     def _ratio_diagnostics(self, data: dict[str, Tensor], clip: float, old_params: dict | None) -> dict[str, float]:
@@ -345,7 +345,7 @@ class PPO(ActorCriticAgent):
         log_ratio = dist.log_prob(data["action"]) - data["logp"]
         ratio = log_ratio.exp()
         out = {
-            "diag/approx_kl": ((ratio - 1.0) - log_ratio).mean().item(),  # k3 estimator of KL[pi_old, pi]
+            "diag/approx_kl": approx_kl(ratio, log_ratio).item(),
             "diag/clip_frac": ((ratio - 1.0).abs() > clip).float().mean().item(),
             "diag/ess": importance_ess(ratio),
             "diag/entropy": dist.entropy().mean().item(),

@@ -15,6 +15,12 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     return (1.0 - (target - pred).var() / var).item()
 
 
+def approx_kl(ratio: Tensor, log_ratio: Tensor) -> Tensor:
+    """The k3 estimate of KL[pi_old, pi] from samples of pi_old: mean of (r - 1) - log r, r = pi / pi_old
+    (unbiased, never negative; Schulman, "Approximating KL divergence", 2020). A 0-dim tensor."""
+    return ((ratio - 1.0) - log_ratio).mean()
+
+
 @torch.no_grad()
 def importance_ess(ratio: Tensor) -> float:
     """Normalized effective sample size of importance weights, (sum w)^2 / (n * sum w^2), in (0, 1].

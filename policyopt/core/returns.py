@@ -98,6 +98,11 @@ def gae(
     return adv, adv + values
 
 
+def standardize(adv: Tensor) -> Tensor:
+    """``adv`` shifted and scaled to mean 0 and std 1 (the 1e-8 guards a constant batch)."""
+    return (adv - adv.mean()) / (adv.std() + 1e-8)
+
+
 def rollout_gae(buf: Any, gamma: float, gae_lambda: float, normalize: bool = False) -> tuple[Tensor, Tensor]:
     """``gae`` on the fields of a ``RolloutBuffer``, flattened to ``[T * N]``: ``(adv, v_target)``.
 
@@ -107,7 +112,7 @@ def rollout_gae(buf: Any, gamma: float, gae_lambda: float, normalize: bool = Fal
     adv, v_target = gae(buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], gamma, gae_lambda)
     adv, v_target = adv.reshape(-1), v_target.reshape(-1)
     if normalize:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = standardize(adv)
     return adv, v_target
 
 
