@@ -164,7 +164,7 @@ class Collector:
     def step(self, env_action: np.ndarray) -> Step:
         """One step of every env; non-finite observations or rewards stop training."""
         step = self.envs.step(env_action)
-        if not (np.isfinite(step.obs).all() and np.isfinite(step.final_obs).all()):
+        if not (np.isfinite(step.obs).all() and (step.final_obs is step.obs or np.isfinite(step.final_obs).all())):
             raise NonFiniteError(f"non-finite observation from the env at step {self.agent.global_step}")
         if not np.isfinite(step.reward).all():
             raise NonFiniteError(f"non-finite reward from the env at step {self.agent.global_step}")
@@ -273,6 +273,7 @@ class OnPolicyRunner:
             RewardScaler(cfg.num_envs, cfg.gamma).to(agent.device) if getattr(cfg, "normalize_reward", False) else None
         )
         self.obs: Tensor | None = None  # normalized current observation, set by the first collect()
+        self._zeros: Tensor | None = None  # the final values of a step where no episode was truncated
 
     @torch.no_grad()
     def collect(self) -> RolloutBuffer:
@@ -285,20 +286,19 @@ class OnPolicyRunner:
         for _ in range(buf.num_steps):
             action, extras = agent.act(obs)
             step = self.collector.step(self.collector.env_action(action))
-            reward = _tensor(step.reward, device)
-            done = _tensor(step.done, device)
+            reward, done = step.reward, step.done  # NumPy arrays (tensors from device envs), stacked by buf
             if self.reward_scaler is not None:
-                reward = self.reward_scaler(reward, done)
+                reward = self.reward_scaler(_tensor(reward, device), _tensor(done, device))
             final_value = self.truncation_values(step)
             next_obs = agent.normalize(_tensor(step.obs, device), update=True)
             if self.store_next_obs:
                 extras["next_obs"] = agent.normalize(_tensor(step.final_obs, device))
             buf.add(
-                obs=obs, action=action, reward=reward, terminated=_tensor(step.terminated, device), done=done,
-                final_value=final_value, **extras,
+                obs=obs, action=action, reward=reward, terminated=step.terminated, done=done, final_value=final_value,
+                **extras,
             )
             obs = next_obs
-            agent.global_step += len(step.reward)
+            agent.global_step += len(done)
         self.obs = obs
         buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
         return buf
@@ -309,10 +309,13 @@ class OnPolicyRunner:
         if isinstance(step.truncated, Tensor):  # device envs: evaluate all rows, select without a sync
             values = agent.value(agent.normalize(step.final_obs))
             return torch.where(step.truncated, values, torch.zeros_like(values))
+        if not step.truncated.any():
+            if self._zeros is None or len(self._zeros) != len(step.reward):
+                self._zeros = torch.zeros(len(step.reward), device=agent.device)
+            return self._zeros  # read only: the buffer copies it when it stacks the rollout
         final_value = torch.zeros(len(step.reward), device=agent.device)
-        if step.truncated.any():
-            idx = np.flatnonzero(step.truncated)
-            final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], agent.device)))
+        idx = np.flatnonzero(step.truncated)
+        final_value[idx] = agent.value(agent.normalize(_tensor(step.final_obs[idx], agent.device)))
         return final_value
 
     def iterate(self) -> dict[str, Any]:
