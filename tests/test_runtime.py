@@ -59,15 +59,39 @@ def test_a_traced_module_reads_its_parameters_live_and_draws_what_the_module_dra
     module, x = Noisy(), torch.randn(5, 3)
     state = torch.get_rng_state()
     traced = trace(module, (x,))
-    assert isinstance(traced, torch.jit.ScriptModule)
+    assert traced is not module
     assert torch.equal(torch.get_rng_state(), state)  # tracing ran the module once; its draws are undone
     with torch.no_grad():
         module.layer.weight.add_(1.0)  # an optimizer step in place
-        for _ in range(3):  # the first calls of a trace profile it, later ones run an optimized graph
+        for _ in range(3):
             torch.set_rng_state(state)
             expected = module(x)
             torch.set_rng_state(state)
             assert torch.equal(traced(x), expected)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_trace_runs_unoptimized_and_leaves_the_executor_setting_as_it_was(optimize):
+    previous = torch._C._get_graph_executor_optimize()
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.view(2) + 1
+
+    traced = trace(Probe(), (torch.zeros(2),))
+    inner = traced.forward
+    traced.forward = lambda *args: seen.append(torch._C._get_graph_executor_optimize()) or inner(*args)
+    try:
+        torch._C._set_graph_executor_optimize(optimize)
+        assert torch.equal(traced(torch.ones(2)), torch.full((2,), 2.0))
+        assert torch._C._get_graph_executor_optimize() is optimize
+        with pytest.raises(RuntimeError):
+            traced(torch.ones(3))  # a failing call restores it too
+        assert torch._C._get_graph_executor_optimize() is optimize
+        assert seen == [False, False]
+    finally:
+        torch._C._set_graph_executor_optimize(previous)
 
 
 def test_trace_falls_back_to_the_module_where_torch_jit_trace_is_gone(monkeypatch):
