@@ -113,6 +113,7 @@ class ImpalaRunner(WorkerRunner):
     def iterate(self) -> dict[str, Any]:
         agent, pool = self.agent, self.pool
         if not pool.pending:  # first call: every worker starts acting with the current weights
+            pool.pids()  # once all are up, so that one starting late does not leave the first rollouts to the others
             pool.publish(agent)
             for index in range(pool.num_workers):
                 pool.submit(index)
