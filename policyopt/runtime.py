@@ -81,10 +81,11 @@ class _Unoptimized:
     """Runs a traced graph in TorchScript's plain interpreter, not its profiling executor.
 
     The profiling executor runs a graph's first calls with profiling, then rewrites it with
-    type guards for fusion, which on CPU (no fuser in this build) only adds work: with it the
-    first PPO update on CartPole took some 45 ms more (the two traced steps' profiling runs),
-    and the steady update a few percent more, here. The executor's switch is process state, so
-    it is turned off for the call and restored after. Same ops, same kernels, same bits.
+    type guards for fusion, which on CPU (no fuser in this build) only adds work: with it PPO's
+    first training iteration on CartPole took some 50 ms more here (the profiling runs and the
+    rewrite of the two traced steps); later iterations were the same within noise. The
+    executor's switch is process state, so it is turned off for the call and restored after.
+    Same ops, same kernels, same bits.
     """
 
     def __init__(self, forward: Callable[..., Any]):
