@@ -40,7 +40,7 @@ from policyopt.core.diagnostics import approx_kl, explained_variance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl
 from policyopt.core.nets import ActorCritic, mlp
 from policyopt.core.optim import adam, clip_and_step, fit_regression
-from policyopt.core.returns import gae, standardize
+from policyopt.core.returns import rollout_gae, standardize
 
 
 @dataclass
@@ -125,11 +125,8 @@ class PPG(Agent):
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
-        adv, v_target = gae(
-            buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], cfg.gamma, cfg.gae_lambda
-        )
         data = buf.flat("obs", "action", "logp", "value")
-        data["adv"], data["v_target"] = adv.reshape(-1), v_target.reshape(-1)
+        data["adv"], data["v_target"] = rollout_gae(buf, cfg.gamma, cfg.gae_lambda)
         metrics = self._policy_phase(data)
         metrics["loss/value"] = fit_regression(
             self.value, self.optimizers["value"], data["obs"], data["v_target"], cfg.value_epochs, cfg.batch_size

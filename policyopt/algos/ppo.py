@@ -36,7 +36,7 @@ from policyopt.core.diagnostics import approx_kl, explained_variance, importance
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
-from policyopt.core.returns import gae, standardize
+from policyopt.core.returns import rollout_gae, standardize
 from policyopt.runtime import trace
 
 OBJECTIVES = ("clip", "adaptive_kl", "fixed_kl", "none")
@@ -201,11 +201,8 @@ class PPO(ActorCriticAgent):
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
         cfg = self.config
-        adv, v_target = gae(
-            buf["reward"], buf["value"], buf["next_value"], buf["terminated"], buf["done"], cfg.gamma, cfg.gae_lambda
-        )
         data = buf.flat("obs", "action", "logp", "value")
-        data["adv"], data["v_target"] = adv.reshape(-1), v_target.reshape(-1)
+        data["adv"], data["v_target"] = rollout_gae(buf, cfg.gamma, cfg.gae_lambda)
         n = data["adv"].shape[0]
         lr, clip = self._schedule(n)
         set_lr(self.optimizers["policy"], lr)
