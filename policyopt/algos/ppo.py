@@ -127,6 +127,12 @@ class ClosedFormGrad(torch.nn.Module):
         return torch.stack(terms), *(grads[p] for p in self.policy.parameters())
 
 
+def _step_terms(terms: Tensor, grad_norm: Tensor) -> Tensor:
+    """``ClosedFormGrad``'s ``[policy loss, value loss, entropy(, approx KL)]`` with the gradient norm
+    put in fourth: ``[policy loss, value loss, entropy, grad norm(, approx KL)]``."""
+    return torch.cat([terms[:3], grad_norm.reshape(1), terms[3:]])
+
+
 class ClosedFormStep(torch.nn.Module):
     """A minibatch step without autograd: ``ClosedFormGrad``'s gradient, then the clipped Adam
     step of ``FlatAdam.kernel`` on it, in one graph for ``trace``. Takes ``ClosedFormGrad``'s
@@ -140,8 +146,7 @@ class ClosedFormStep(torch.nn.Module):
     def forward(self, *inputs: Any) -> Tensor:
         *grad_inputs, m, v, theta, scalars = inputs
         terms, *grads = self.grad(*grad_inputs)
-        grad_norm = self.adam(m, v, theta, scalars, grads)
-        return torch.cat([terms[:3], grad_norm.reshape(1), terms[3:]])
+        return _step_terms(terms, self.adam(m, v, theta, scalars, grads))
 
 
 class PPO(ActorCriticAgent):
@@ -304,7 +309,7 @@ class PPO(ActorCriticAgent):
             terms, *grads = ClosedFormGrad(self.policy, cfg)(*inputs)
             for p, g in zip(self.params, grads):
                 p.grad = g
-            out = torch.cat([terms[:3], self.apply_gradients().reshape(1), terms[3:]])
+            out = _step_terms(terms, self.apply_gradients())
         else:
             # the trace holds 1/B and the config's coefficients as constants: one per minibatch size and
             # coefficients (a callback may change ent_coef, say, between updates)
