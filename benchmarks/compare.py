@@ -171,6 +171,9 @@ def run_child(args) -> dict:
     else:
         from stable_baselines3.common.callbacks import BaseCallback
 
+        if args.sb3_flush_denormals:  # what policyopt's training does (runtime.flush_denormals)
+            torch.set_flush_denormal(True)
+
         model = sb3_model(args.algo, args.env, cfg, args.seed)
 
         class Eval(BaseCallback):
@@ -266,6 +269,7 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--final-episodes", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both libraries")
+    p.add_argument("--sb3-flush-denormals", action="store_true", help="run SB3 with denormals flushed to zero too")
     p.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="policyopt config override (mapped to SB3)")
     p.add_argument("--raw-steps", type=int, default=50_000)

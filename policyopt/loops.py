@@ -42,7 +42,7 @@ from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
 from policyopt.evaluation import critic_bias
 from policyopt.logging import Logger, ProgressBar
-from policyopt.runtime import tune_malloc
+from policyopt.runtime import flush_denormals, tune_malloc
 
 if TYPE_CHECKING:
     from policyopt.agent import Agent
@@ -539,7 +539,7 @@ def train(
     bar = ProgressBar(last, start=agent.global_step, enabled=progress, description=f"{agent.name} {agent.env_id or ''}")
     t_start, step_start = time.perf_counter(), agent.global_step
     try:
-        with _SignalCatcher() as signals:
+        with _SignalCatcher() as signals, flush_denormals():
             while agent.global_step < last:
                 if signals.signum is not None:
                     path = ckpts.save(agent.global_step, training_payload(agent)) if ckpts else None

@@ -1,5 +1,15 @@
 """Speed on CPU: process-wide settings applied by ``learn`` (``loops.train``), and ``trace``.
 
+``flush_denormals``: numbers below 2^-126 in float32 (denormals) take the CPU's slow path,
+tens of times slower per operation. They arise in the Adam moments of weights whose gradient
+has become zero (ReLU units that stopped firing): ``m`` shrinks by beta1 each step and spends
+some 150 steps among the denormals before it reaches zero. In SAC on Pendulum about 40k of
+the 131k first moments of the critic's hidden layer were denormal after 1000 updates; the
+fused Adam step over the critic took 560 us instead of 70 us, and a training step 10.1 ms
+instead of 8.3 ms. Flushed to zero, such values change nothing a float32 parameter can hold
+(an update of ~1e-33 to a weight of ~1e-2 rounds away): a 3000-step SAC run gave the same
+bits either way. TensorFlow and XLA flush denormals on CPU by default for this reason.
+
 ``tune_malloc``: PyTorch takes the memory of CPU tensors from ``malloc``. With glibc's
 defaults a block freed at the top of the heap goes back to the kernel once more than the trim
 threshold is free there (1 MiB after glibc's dynamic adjustment for 512 KiB blocks), and
@@ -14,12 +24,13 @@ memory kept by the process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,6 +57,24 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # another C library (musl has no libc.so.6)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero on this thread (see the module docstring) while inside,
+    then return to the mode found on entry. Threads started inside inherit the mode; torch's
+    intra-op threads, started earlier, do not (training runs on one thread by default)."""
+    was_on = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was_on)
+
+
+def denormals_flushed() -> bool:
+    """Whether float arithmetic on this thread flushes denormal results to zero."""
+    return (torch.tensor(2.0**-100) * 2.0**-30).item() == 0.0
 
 
 def trace(module: nn.Module, inputs: tuple[Any, ...]) -> Callable[..., Any]:

@@ -1,4 +1,5 @@
 """``runtime.tune_malloc``: freed activations stay in the heap instead of page-faulting back in;
+``runtime.flush_denormals``: training flushes denormals to zero and leaves the mode as it found it;
 ``runtime.trace``: a recorded module computes what the module computes, and draws the same numbers."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 
 from policyopt import PPO
 from policyopt.core.optim import FlatAdam
-from policyopt.runtime import trace, tune_malloc
+from policyopt.runtime import denormals_flushed, flush_denormals, trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
 import resource, sys, torch
@@ -43,6 +44,31 @@ def test_tuned_malloc_stops_the_page_faults_of_an_off_policy_update():
 def test_the_users_own_glibc_thresholds_are_left_alone(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert tune_malloc.__wrapped__() is False
+
+
+TINY = 2.0**-100  # times 2^-30: a denormal float32, or zero when flushed
+
+
+@pytest.mark.parametrize("on_entry", [False, True])
+def test_flush_denormals_flushes_inside_and_restores_the_mode_found(on_entry):
+    torch.set_flush_denormal(on_entry)
+    try:
+        assert denormals_flushed() is on_entry
+        with pytest.raises(KeyError), flush_denormals():
+            assert (torch.tensor(TINY) * 2.0**-30).item() == 0.0
+            raise KeyError  # left by an error: restored all the same
+        assert denormals_flushed() is on_entry
+        assert ((torch.tensor(TINY) * 2.0**-30).item() == 0.0) is on_entry
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_training_runs_with_denormals_flushed():
+    seen = []
+    agent = PPO("CartPole-v1", seed=0, config={"num_envs": 2, "num_steps": 8, "batch_size": 16, "update_epochs": 1})
+    agent.learn(32, progress=False, callback=lambda a, m: seen.append(denormals_flushed()))
+    assert seen == [True, True]
+    assert not denormals_flushed()
 
 
 class Noisy(torch.nn.Module):
