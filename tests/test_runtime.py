@@ -12,7 +12,7 @@ import torch
 
 from policyopt import PPO
 from policyopt.core.optim import FlatAdam
-from policyopt.runtime import denormals_flushed, flush_denormals, trace, tune_malloc
+from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
 import resource, sys, torch
@@ -61,6 +61,24 @@ def test_flush_denormals_flushes_inside_and_restores_the_mode_found(on_entry):
         assert ((torch.tensor(TINY) * 2.0**-30).item() == 0.0) is on_entry
     finally:
         torch.set_flush_denormal(False)
+
+
+@pytest.mark.skipif(_openmp() is None, reason="torch's OpenMP runtime not found")
+def test_flush_denormals_reaches_torchs_intra_op_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        tiny = torch.full((1 << 21,), TINY)  # long enough for torch to split it between both threads
+        assert (tiny * 2.0**-30).all()  # the second thread started (with this thread's mode: not flushing)
+        torch.set_flush_denormal(True)  # this thread only: half the elements stay denormal
+        assert 0 < int(((tiny * 2.0**-30) != 0).sum()) < tiny.numel()
+        torch.set_flush_denormal(False)
+        with flush_denormals():
+            assert not (tiny * 2.0**-30).any()
+        assert (tiny * 2.0**-30).all()
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
 
 
 def test_training_runs_with_denormals_flushed():
