@@ -8,7 +8,9 @@ the 131k first moments of the critic's hidden layer were denormal after 2000 upd
 fused Adam step over the critic took 560 us instead of 70 us, and a training step 10.1 ms
 instead of 8.3 ms. Flushed to zero, such values change nothing a float32 parameter can hold
 (an update of ~1e-33 to a weight of ~1e-2 rounds away): a 3000-step SAC run gave the same
-bits either way. TensorFlow and XLA flush denormals on CPU by default for this reason.
+bits either way. TensorFlow and XLA flush denormals on CPU by default for this reason. The
+mode covers all arithmetic on those threads, NumPy's and an env's C code included (float64
+flushes below 2^-1022).
 
 ``tune_malloc``: PyTorch takes the memory of CPU tensors from ``malloc``. With glibc's
 defaults a block freed at the top of the heap goes back to the kernel once more than the trim
