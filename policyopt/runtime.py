@@ -1,4 +1,4 @@
-"""Speed on CPU: process-wide settings applied by ``learn`` (``loops.train``), and ``trace``.
+"""Speed on CPU: settings applied by ``learn`` (``loops.train``), and ``trace``.
 
 ``flush_denormals``: numbers below 2^-126 in float32 (denormals) take the CPU's slow path,
 tens of times slower per operation. They arise in the Adam moments of weights whose gradient
