@@ -169,10 +169,11 @@ def run_child(args) -> dict:
         train_s = clock.train_seconds()
         final = evaluate(agent.predict, args.env, args.final_episodes)
     else:
+        import contextlib
+
         from stable_baselines3.common.callbacks import BaseCallback
 
-        if args.sb3_flush_denormals:  # what policyopt's training does (runtime.flush_denormals)
-            torch.set_flush_denormal(True)
+        from policyopt.runtime import flush_denormals
 
         model = sb3_model(args.algo, args.env, cfg, args.seed)
 
@@ -182,7 +183,9 @@ def run_child(args) -> dict:
                 return True
 
         clock = Clock(args)
-        model.learn(args.steps, callback=Eval())
+        # the mode policyopt's training runs in, on every torch thread, when asked for
+        with flush_denormals() if args.sb3_flush_denormals else contextlib.nullcontext():
+            model.learn(args.steps, callback=Eval())
         train_s = clock.train_seconds()
         final = evaluate(lambda o: model.predict(o, deterministic=True)[0], args.env, args.final_episodes)
     tt, ts = clock.time_to(args.threshold) if args.threshold is not None else (None, None)
