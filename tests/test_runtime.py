@@ -35,10 +35,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_tuned_malloc_stops_the_page_faults_of_an_off_policy_update():
+    # The counts vary from process to process with the heap's layout (address and hash
+    # randomization): over 80 updates, 2 to 800 tuned and 1,900 to 9,200 with glibc's defaults
+    # here, whose dynamic thresholds sometimes keep most blocks. One process per mode failed
+    # the 5x margin about once in 30 under load; the sums of three each leave it far behind.
+    modes = ("tune", "default") * 3
     runs = [subprocess.Popen([sys.executable, "-c", FAULTS_PER_SAC_UPDATES, mode], stdout=subprocess.PIPE, text=True)
-            for mode in ("tune", "default")]  # fresh processes, side by side
-    tuned, default = (int(run.communicate()[0].split()[-1]) for run in runs)
-    assert tuned * 5 < default, (tuned, default)  # here: 300-500 against 4,700-6,700
+            for mode in modes]  # fresh processes, side by side
+    faults = {"tune": [], "default": []}
+    for mode, run in zip(modes, runs):
+        faults[mode].append(int(run.communicate()[0].split()[-1]))
+    assert sum(faults["tune"]) * 5 < sum(faults["default"]), faults
 
 
 def test_the_users_own_glibc_thresholds_are_left_alone(monkeypatch):
