@@ -1,4 +1,4 @@
-"""Speed on CPU: settings applied by ``learn`` (``loops.train``), and ``trace``.
+"""Speed on CPU: settings applied by ``learn`` (``loops.train``), ``at_most_threads`` and ``trace``.
 
 ``flush_denormals``: numbers below 2^-126 in float32 (denormals) take the CPU's slow path,
 tens of times slower per operation. They arise in the Adam moments of weights whose gradient
@@ -107,6 +107,17 @@ def _openmp() -> ctypes.CDLL | None:
     openmp.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
     openmp.GOMP_parallel.restype = None
     return openmp
+
+
+@contextlib.contextmanager
+def at_most_threads(n: int) -> Iterator[None]:
+    """At most ``n`` torch intra-op threads while inside, then as many as before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(n, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def denormals_flushed() -> bool:

@@ -4,7 +4,9 @@ Tests marked ``ray`` start a local Ray instance (``-m "not ray"`` skips them); t
 check the pieces that run without Ray.
 """
 
+import copy
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -16,7 +18,8 @@ import torch
 from policyopt.algos.ppo import PPO
 from policyopt.config import ConfigError
 from policyopt.core.normalize import RunningMeanStd
-from policyopt.distributed.worker import AgentSpec, RolloutWorker, policy_weights, worker_seed
+from policyopt.distributed import pool as pool_module
+from policyopt.distributed.worker import AgentSpec, PolicyWeights, RolloutWorker, worker_seed
 from policyopt.loops import OnPolicyRunner
 
 SMALL = dict(num_envs=4, num_steps=32, batch_size=64, update_epochs=2)
@@ -76,7 +79,7 @@ def test_worker_fills_the_same_buffer_fields_as_the_single_machine_runner():
     agent = PPO("CartPole-v1", seed=0, preset=False, normalize_obs=True, **SMALL)
     local = OnPolicyRunner(agent).collect()
     worker = RolloutWorker(AgentSpec.of(agent, num_envs=2, workers=0), seed=1)
-    sample = worker.sample(policy_weights(agent))
+    sample = worker.sample(PolicyWeights.of(agent))
     assert set(sample.data) == set(local.data)
     for name, value in sample.data.items():
         assert value.shape == (32, 2, *local[name].shape[2:]), name
@@ -91,17 +94,39 @@ def test_worker_fills_the_same_buffer_fields_as_the_single_machine_runner():
     assert n.item() == pytest.approx(2 * 33)  # the reset observations, then 32 steps of 2 envs
 
 
+def leaves(tree):
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    return [leaf for item in tree for leaf in leaves(item)] if isinstance(tree, list | tuple) else [tree]
+
+
+def test_samples_and_weights_cross_processes_as_numpy_arrays():
+    agent = PPO("Pendulum-v1", seed=0, preset=False, normalize_obs=True, normalize_reward=True, **SMALL)
+    weights = PolicyWeights.of(agent)
+    sample = RolloutWorker(AgentSpec.of(agent, num_envs=2, workers=0), seed=1).sample(weights)
+    for sent in (weights, sample):
+        state = leaves(sent.__getstate__())
+        assert not any(isinstance(leaf, torch.Tensor) for leaf in state)
+        assert sum(isinstance(leaf, np.ndarray) for leaf in state) == sum(isinstance(leaf, torch.Tensor) for leaf in leaves(vars(sent)))
+        received = pickle.loads(pickle.dumps(sent))
+        for a, b in zip(leaves(vars(sent)), leaves(vars(received)), strict=True):
+            if isinstance(a, torch.Tensor):
+                assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+            else:
+                assert a == b
+
+
 def test_a_worker_hands_its_reward_statistics_to_its_replacement():
     agent = PPO("Pendulum-v1", seed=0, preset=False, normalize_reward=True, **SMALL)
     spec = AgentSpec.of(agent, num_envs=2, workers=0)
-    sample = RolloutWorker(spec, seed=1).sample(policy_weights(agent))
+    sample = RolloutWorker(spec, seed=1).sample(PolicyWeights.of(agent))
     assert sample.reward_scaler["rms.count"].item() == pytest.approx(1e-4 + 64)  # 32 steps of 2 envs
     replacement = RolloutWorker(spec, seed=2, reward_scaler=sample.reward_scaler)
     state = replacement.runner.reward_scaler.state_dict()
     for name in ("rms.mean", "rms.var", "rms.count"):
         assert torch.equal(state[name], sample.reward_scaler[name]), name
     assert not state["ret"].any()  # its envs start new episodes
-    assert RolloutWorker(spec, seed=1).sample(policy_weights(agent)).reward_scaler is not None
+    assert RolloutWorker(spec, seed=1).sample(PolicyWeights.of(agent)).reward_scaler is not None
 
 
 @pytest.mark.ray
@@ -122,6 +147,27 @@ def test_resumed_workers_continue_the_reward_statistics(ray_session, tmp_path):
     finally:
         resumed.close()
     assert counts == [pytest.approx(1e-4 + 8 * 64)] * 2  # continued, not restarted at 0
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("inline_bytes", [pool_module.INLINE_BYTES, 0])  # weights in the request / in the object store
+def test_workers_act_with_the_weights_published(ray_session, monkeypatch, inline_bytes):
+    monkeypatch.setattr(pool_module, "INLINE_BYTES", inline_bytes)
+    agent = PPO("CartPole-v1", seed=0, preset=False, **SMALL)
+    pool = pool_module.WorkerPool(agent, 1, 2)
+    try:
+        published = copy.deepcopy(agent.policy)
+        pool.publish(agent)
+        with torch.no_grad():  # the learner moves on: requests still carry the weights published
+            for param in agent.policy.parameters():
+                param.mul_(0.5)
+        (sample,) = pool.gather()
+        with torch.no_grad():
+            dist, value = published.dist_and_value(sample.data["obs"])
+        torch.testing.assert_close(dist.log_prob(sample.data["action"]), sample.data["logp"])
+        torch.testing.assert_close(value, sample.data["value"])
+    finally:
+        pool.close()
 
 
 @pytest.mark.ray

@@ -6,8 +6,9 @@ called, and say how to install it when it is missing.
 
 - ``worker.RolloutWorker``: a Ray actor process with its own ``VecEnv`` and a copy of the
   learner's agent; it returns whole rollouts with the behaviour policy's log-probs.
-- ``pool.WorkerPool``: starts the actors, broadcasts weights with ``ray.put``, collects
-  rollouts as they arrive (``ray.wait``) and replaces an actor that died.
+- ``pool.WorkerPool``: starts the actors, sends them the weights (in each request, or once with
+  ``ray.put`` when large), collects rollouts as they arrive (``ray.wait``) and replaces an
+  actor that died.
 - ``runners.DistributedOnPolicyRunner`` (PPO/A2C/TRPO/... with ``workers > 0``) and
   ``runners.ImpalaRunner`` (the asynchronous IMPALA learner), both driven by ``loops.train``.
 """

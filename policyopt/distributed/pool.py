@@ -1,7 +1,8 @@
 """A pool of rollout worker actors that survives the death of any of them.
 
-The learner publishes its weights once per version with ``ray.put`` (one object in Ray's
-object store, read by every worker) and sends each worker a request carrying that reference.
+The learner publishes a copy of its weights once per version and sends each worker a request
+carrying them: inside the request when they are small, as a reference to one object in Ray's
+object store (``ray.put``, read by every worker) when they are large.
 Rollouts are taken as they arrive (``ray.wait``). When an actor dies (its process is killed,
 its node goes away: ``ray.exceptions.RayActorError``), the pool starts a replacement with a
 fresh seed derived from the worker's index and its restart count, re-sends the request with
@@ -15,10 +16,16 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from policyopt.distributed import connect
-from policyopt.distributed.worker import AgentSpec, RolloutWorker, Sample, policy_weights, worker_seed
+from policyopt.distributed.worker import AgentSpec, PolicyWeights, RolloutWorker, Sample, worker_seed
 
 if TYPE_CHECKING:
     from policyopt.agent import Agent
+
+# Ray sends task arguments up to this size inside the request (its max_direct_call_object_size).
+# A call to a worker carrying a 64x64 actor-critic's weights took 1.6 ms there and back here,
+# 2.9 ms with them put in the object store first (1.1 ms without weights), and IMPALA trained
+# at 7,700 env steps/s against 5,800. Larger weights go into the object store once per version.
+INLINE_BYTES = 100 * 1024
 
 # A replacement that dies this many times in a row without delivering one rollout is a bug
 # (an env that cannot be built, a worker out of memory), not bad luck: stop with an error.
@@ -59,8 +66,9 @@ class WorkerPool:
         return self.actor_cls.remote(self.spec, seed, self.store_next_obs, self.reward_scalers[index])
 
     def publish(self, agent: Agent) -> None:
-        """Put the agent's current weights in the object store; later requests carry them."""
-        self.weights = self.ray.put(policy_weights(agent))
+        """Take a copy of the agent's current weights; later requests carry them."""
+        weights = PolicyWeights.of(agent)
+        self.weights = weights if weights.nbytes <= INLINE_BYTES else self.ray.put(weights)
         self.version = agent.num_updates
 
     def submit(self, index: int) -> None:

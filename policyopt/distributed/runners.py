@@ -22,6 +22,7 @@ workers start fresh episodes, so a resumed run continues but not bit-for-bit.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.distributed.pool import WorkerPool
 from policyopt.distributed.worker import Sample
 from policyopt.loops import EpisodeStats, timed_update
+from policyopt.runtime import at_most_threads
 
 if TYPE_CHECKING:
     from policyopt.agent import Agent
@@ -109,6 +111,13 @@ class ImpalaRunner(WorkerRunner):
 
     def __init__(self, agent: Agent):
         super().__init__(agent, agent.config.num_envs, store_next_obs=True)
+        # The actors go on acting while the learner updates. Where they share its cores (a local
+        # Ray instance), torch's intra-op threads in the learner would wait for cores the actors
+        # hold: the CartPole preset on 2 cores trained at 7,700 env steps/s with 2 learner
+        # threads, 10,600 with 1 (interleaved runs, seed 0).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local = agent.config.ray_address is None
+        self.learner_threads = max(1, cores - self.pool.num_workers) if local else torch.get_num_threads()
 
     def iterate(self) -> dict[str, Any]:
         agent, pool = self.agent, self.pool
@@ -122,7 +131,8 @@ class ImpalaRunner(WorkerRunner):
         t1 = time.perf_counter()
         self.collector.receive(sample)
         policy_lag = agent.num_updates - sample.version
-        metrics = dict(agent.update({k: v.to(agent.device) for k, v in sample.data.items()}))
+        with at_most_threads(self.learner_threads):
+            metrics = dict(agent.update({k: v.to(agent.device) for k, v in sample.data.items()}))
         agent.num_updates += 1
         agent.global_step += sample.num_steps
         pool.publish(agent)

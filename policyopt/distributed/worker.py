@@ -55,14 +55,63 @@ def worker_seed(seed: int, generation: int, index: int, restarts: int) -> int:
     return int(np.random.SeedSequence([seed, generation, index, restarts]).generate_state(1)[0])
 
 
-def policy_weights(agent: Agent) -> dict[str, Any]:
-    """What acting needs from the learner: network parameters and observation statistics."""
-    norm = agent.obs_normalizer.state_dict() if agent.obs_normalizer is not None else None
-    return {"nets": agent.nets.state_dict(), "obs_normalizer": norm}
+def to_numpy(tree: Any) -> Any:
+    """``tree`` with each torch tensor in its dicts, lists and tuples as a NumPy array (on the CPU)."""
+    if isinstance(tree, dict):
+        return type(tree)((k, to_numpy(v)) for k, v in tree.items())
+    if isinstance(tree, list | tuple):
+        return type(tree)(to_numpy(v) for v in tree)
+    return tree.numpy(force=True) if isinstance(tree, Tensor) else tree
+
+
+def to_torch(tree: Any) -> Any:
+    """``to_numpy`` undone. Arrays that Ray deserializes are read-only views of its buffers,
+    so each becomes a tensor of its own (a copy)."""
+    if isinstance(tree, dict):
+        return type(tree)((k, to_torch(v)) for k, v in tree.items())
+    if isinstance(tree, list | tuple):
+        return type(tree)(to_torch(v) for v in tree)
+    return torch.tensor(tree) if isinstance(tree, np.ndarray) else tree
+
+
+class PicklesTensorsAsNumpy:
+    """Crosses process boundaries with its tensors as NumPy arrays. Ray pickles a NumPy array
+    as one raw buffer, but a torch tensor through ``torch.save``'s machinery: a 64x64
+    actor-critic's ``state_dict`` took 1.3 ms to put in the object store and 0.8 ms to get back
+    here, as arrays 0.7 and 0.1 ms. IMPALA's learner and actors spent a large part of their
+    time on it: sending samples and weights as arrays took its CartPole preset from 4,600 to
+    5,800 env steps/s on 2 cores (interleaved runs, seed 0)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return to_numpy(vars(self))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(to_torch(state))
 
 
 @dataclass
-class Sample:
+class PolicyWeights(PicklesTensorsAsNumpy):
+    """What acting needs from the learner: network parameters and observation statistics."""
+
+    nets: dict[str, Tensor]
+    obs_normalizer: dict[str, Tensor] | None
+
+    @classmethod
+    def of(cls, agent: Agent) -> PolicyWeights:
+        """A copy of the agent's current weights (later updates do not change it)."""
+        def copy(module: torch.nn.Module) -> dict[str, Tensor]:
+            return {k: v.clone() for k, v in module.state_dict().items()}
+
+        norm = agent.obs_normalizer
+        return cls(copy(agent.nets), copy(norm) if norm is not None else None)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for part in (self.nets, self.obs_normalizer or {}) for v in part.values())
+
+
+@dataclass
+class Sample(PicklesTensorsAsNumpy):
     """One rollout from a worker; ``index`` and ``version`` (the learner update whose weights acted) are set by the pool."""
 
     data: dict[str, Tensor]  # RolloutBuffer fields, time-major [num_steps, num_envs, ...]
@@ -99,11 +148,11 @@ class RolloutWorker:
             scaler.ret.zero_()
 
     @torch.no_grad()
-    def sample(self, weights: dict[str, Any]) -> Sample:
+    def sample(self, weights: PolicyWeights) -> Sample:
         agent = self.agent
-        agent.nets.load_state_dict(weights["nets"])
+        agent.nets.load_state_dict(weights.nets)
         if agent.obs_normalizer is not None:
-            agent.obs_normalizer.load_state_dict(weights["obs_normalizer"])
+            agent.obs_normalizer.load_state_dict(weights.obs_normalizer)
             before = {k: v.clone() for k, v in agent.obs_normalizer.rms.state_dict().items()}
         buffer = self.runner.collect()
         returns, lengths = self.runner.collector.stats.pop()
