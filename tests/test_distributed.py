@@ -105,11 +105,11 @@ def test_samples_and_weights_cross_processes_as_numpy_arrays():
     weights = PolicyWeights.of(agent)
     sample = RolloutWorker(AgentSpec.of(agent, num_envs=2, workers=0), seed=1).sample(weights)
     for sent in (weights, sample):
-        state = leaves(sent.__getstate__())
+        state, originals = leaves(sent.__getstate__()), leaves(vars(sent))
         assert not any(isinstance(leaf, torch.Tensor) for leaf in state)
-        assert sum(isinstance(leaf, np.ndarray) for leaf in state) == sum(isinstance(leaf, torch.Tensor) for leaf in leaves(vars(sent)))
+        assert sum(isinstance(leaf, np.ndarray) for leaf in state) == sum(isinstance(leaf, torch.Tensor) for leaf in originals)
         received = pickle.loads(pickle.dumps(sent))
-        for a, b in zip(leaves(vars(sent)), leaves(vars(received)), strict=True):
+        for a, b in zip(originals, leaves(vars(received)), strict=True):
             if isinstance(a, torch.Tensor):
                 assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
             else:

@@ -36,9 +36,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_tuned_malloc_stops_the_page_faults_of_an_off_policy_update():
     # The counts vary from process to process with the heap's layout (address and hash
-    # randomization): over 80 updates, 2 to 800 tuned and 1,900 to 9,200 with glibc's defaults
+    # randomization): over 80 updates, 2 to 800 tuned and 1,100 to 9,200 with glibc's defaults
     # here, whose dynamic thresholds sometimes keep most blocks. One process per mode failed
-    # the 5x margin about once in 30 under load; the sums of three each leave it far behind.
+    # the 5x margin about once in 30 under load; the sums of three were 12x to 71x apart.
     modes = ("tune", "default") * 3
     runs = [subprocess.Popen([sys.executable, "-c", FAULTS_PER_SAC_UPDATES, mode], stdout=subprocess.PIPE, text=True)
             for mode in modes]  # fresh processes, side by side
