@@ -42,6 +42,7 @@ class IMPALAConfig(ActorCriticConfig):
     max_grad_norm: float | None = 40.0
     adam_eps: float = 1e-5
     shared_network: bool = False
+    normalize_reward: bool = False  # the actors divide rewards by the running std of their discounted return
 
     def check(self) -> list[str]:
         problems = []
