@@ -15,6 +15,7 @@ replacements.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,23 +56,24 @@ def worker_seed(seed: int, generation: int, index: int, restarts: int) -> int:
     return int(np.random.SeedSequence([seed, generation, index, restarts]).generate_state(1)[0])
 
 
-def to_numpy(tree: Any) -> Any:
-    """``tree`` with each torch tensor in its dicts, lists and tuples as a NumPy array (on the CPU)."""
+def map_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    """``tree`` (nested dicts, lists and tuples) with ``fn`` applied to each of its leaves."""
     if isinstance(tree, dict):
-        return type(tree)((k, to_numpy(v)) for k, v in tree.items())
+        return type(tree)((k, map_leaves(v, fn)) for k, v in tree.items())
     if isinstance(tree, list | tuple):
-        return type(tree)(to_numpy(v) for v in tree)
-    return tree.numpy(force=True) if isinstance(tree, Tensor) else tree
+        return type(tree)(map_leaves(v, fn) for v in tree)
+    return fn(tree)
+
+
+def to_numpy(tree: Any) -> Any:
+    """``tree`` with each torch tensor as a NumPy array (on the CPU)."""
+    return map_leaves(tree, lambda leaf: leaf.numpy(force=True) if isinstance(leaf, Tensor) else leaf)
 
 
 def to_torch(tree: Any) -> Any:
     """``to_numpy`` undone. Arrays that Ray deserializes are read-only views of its buffers,
     so each becomes a tensor of its own (a copy)."""
-    if isinstance(tree, dict):
-        return type(tree)((k, to_torch(v)) for k, v in tree.items())
-    if isinstance(tree, list | tuple):
-        return type(tree)(to_torch(v) for v in tree)
-    return torch.tensor(tree) if isinstance(tree, np.ndarray) else tree
+    return map_leaves(tree, lambda leaf: torch.tensor(leaf) if isinstance(leaf, np.ndarray) else leaf)
 
 
 class PicklesTensorsAsNumpy:
