@@ -18,7 +18,8 @@ entropy; options SB3 has no equivalent for (a separate critic learning rate, del
 updates) stop the script. A difference that remains: SB3 clamps the actor's log-std to
 [-20, 2], policyopt squashes it smoothly into [-5, 2] (CleanRL's choice).
 
-Prints a markdown table and appends it, with the date, machine and command, to
+Prints a markdown table and a line timing the machine's kernels and interpreter with the
+package versions (``machine_probe``), and appends both, with the date, machine and command, to
 ``benchmarks/results/<algo>_<env>.md`` when ``--save`` is given.
 """
 
@@ -226,6 +227,44 @@ def raw_env_sps(lib: str, env_id: str, num_envs: int, steps: int, backend: str =
     return (steps // num_envs) * num_envs / (time.perf_counter() - t)
 
 
+def machine_probe() -> str:
+    """One line that tells machines (and one machine's phases) apart: the time of a float32 matmul
+    and of ``tanh`` at the sizes of these networks, and of a loop in plain Python, on one thread.
+    policyopt spends most of its time in such kernels and SB3 more of its time in Python, so their
+    ratio moves with the balance of the two (session 22: 2.67x on a VM whose matmul was 1.6x
+    slower than before, where the same code had measured 3.27x)."""
+    import importlib.metadata
+
+    import torch
+
+    def best_us(f, calls: int) -> float:
+        f()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times.append((time.perf_counter() - t) / calls * 1e6)
+        return min(times)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, h = torch.randn(256, 256), torch.randn(256, 64)
+    matmul, tanh = best_us(lambda: a.mm(a), 200), best_us(lambda: torch.tanh(h), 1000)
+    loop = best_us(lambda: sum(range(1000)), 1000)
+    torch.set_num_threads(threads)
+    versions = []
+    for name in ("torch", "numpy", "gymnasium", "stable_baselines3"):
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return (
+        f"machine (one thread, best of 5): 256x256x256 matmul {matmul:.0f} us, tanh of 256x64 {tanh:.0f} us, "
+        f"sum(range(1000)) in Python {loop:.1f} us; {', '.join(versions)}"
+    )
+
+
 def fmt(x, spec=".0f"):
     return "-" if x is None else format(x, spec)
 
@@ -309,7 +348,7 @@ def main() -> None:
             )
     cfg = policyopt_agent(args.algo, args.env, dict(kv.split("=", 1) for kv in args.set))[1]
     raw = {lib: raw_env_sps(lib, args.env, cfg["num_envs"], args.raw_steps, cfg["env_backend"]) for lib in args.libs}
-    table = summarize(rows, args, raw)
+    table = summarize(rows, args, raw) + "\n\n" + machine_probe()
     print()
     print(table)
     if args.save:
