@@ -234,25 +234,19 @@ def machine_probe() -> str:
     ratio moves with the balance of the two (session 22: 2.67x on a VM whose matmul was 1.6x
     slower than before, where the same code had measured 3.27x)."""
     import importlib.metadata
+    import timeit
 
     import torch
 
-    def best_us(f, calls: int) -> float:
-        f()
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            for _ in range(calls):
-                f()
-            times.append((time.perf_counter() - t) / calls * 1e6)
-        return min(times)
+    from policyopt.runtime import at_most_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    def best_us(f, calls: int) -> float:
+        return min(timeit.repeat(f, number=calls, repeat=5)) / calls * 1e6
+
     a, h = torch.randn(256, 256), torch.randn(256, 64)
-    matmul, tanh = best_us(lambda: a.mm(a), 200), best_us(lambda: torch.tanh(h), 1000)
+    with at_most_threads(1):
+        matmul, tanh = best_us(lambda: a.mm(a), 200), best_us(lambda: torch.tanh(h), 1000)
     loop = best_us(lambda: sum(range(1000)), 1000)
-    torch.set_num_threads(threads)
     versions = []
     for name in ("torch", "numpy", "gymnasium", "stable_baselines3"):
         try:
