@@ -128,6 +128,7 @@ class Agent:
         self.optimizers = {}
         self.build()
         self.runner = None  # created by learn(); holds the envs and the training state
+        self.best: dict[str, Any] | None = None  # best periodic evaluation: step, return, state (learn(eval_every=...))
 
     # --- what algorithms implement -------------------------------------------------------
     def build(self) -> None:
@@ -194,8 +195,16 @@ class Agent:
         progress: bool = True,
         checkpoint_every: int | None = None,
         callback: Any = None,
+        eval_every: int = 0,
+        eval_episodes: int = 10,
     ) -> Agent:
-        """Train for ``total_steps`` more environment steps (the preset's budget if omitted)."""
+        """Train for ``total_steps`` more environment steps (the preset's budget if omitted).
+
+        ``callback(agent, metrics)`` runs after every logged row; returning False stops training.
+        ``eval_every > 0`` evaluates the greedy policy on ``eval_episodes`` episodes every that many
+        steps and at the end, logs ``eval/return``, and keeps the best policy seen
+        (``best_model()``; ``best_model.pt`` in ``run_dir``), as ``loops.PeriodicEval`` describes.
+        """
         from policyopt.loops import train
 
         steps = total_steps if total_steps is not None else self.suggested_steps
@@ -204,8 +213,18 @@ class Agent:
         if steps <= 0:
             raise ConfigError(f"total_steps must be > 0, got {steps}")
         self.schedule = (self.global_step, self.global_step + int(steps))
-        train(self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback)
+        train(
+            self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback,
+            eval_every=eval_every, eval_episodes=eval_episodes,
+        )
         return self
+
+    def best_model(self) -> Agent | None:
+        """A new agent restored from the best periodic evaluation of ``learn(eval_every=...)``
+        (networks and normalizers as they were then); None if no evaluation has run."""
+        if self.best is None:
+            return None
+        return type(self).from_state(self.best["state"], env=self.env, device=self.device)
 
     def close(self) -> None:
         """Release what training holds (envs, Ray rollout workers); a later ``learn`` starts afresh."""

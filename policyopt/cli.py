@@ -66,6 +66,9 @@ def build_parser() -> Parser:
     p_train.add_argument("--no-preset", action="store_true", help="ignore the tuned preset for this env")
     p_train.add_argument("--eval-episodes", type=_int, default=20, help="evaluation episodes after training")
     p_train.add_argument("--checkpoint-every", type=_int, default=None, help="steps between checkpoints")
+    p_train.add_argument("--eval-every", type=_int, default=0, metavar="N",
+                         help="every N steps evaluate the greedy policy on 10 episodes, log eval/return and "
+                              "keep the best policy in RUN_DIR/best_model.pt (default 0: off)")
     p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_train.add_argument("--workers", type=_int, default=None,
                          help="Ray rollout worker processes (sets workers; IMPALA's actors, or distributed on-policy sampling)")
@@ -77,6 +80,7 @@ def build_parser() -> Parser:
     p_eval.add_argument("--seed", type=_int, default=None, help="seed of the first episode (default: training seed + 10000)")
     p_eval.add_argument("--video", action="store_true", help="record videos to RUN_DIR/videos")
     p_eval.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p_eval.add_argument("--best", action="store_true", help="the run's best_model.pt (train --eval-every) instead of its final model")
     p_eval.add_argument("--threads", type=_int, default=1, help=THREADS_HELP)
 
     p_plot = sub.add_parser("plot", help="learning curves of one or more runs")
@@ -143,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
     else:
         cls = registry.get_algorithm(args.algo)
+        if args.eval_every and cls.loop == "tabular":
+            raise ConfigError(f"--eval-every needs a deep algorithm; {cls.name} is tabular")
         env_id = args.env or DEFAULT_ENV
         overrides: dict[str, Any] = {}
         if args.config:
@@ -163,23 +169,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         budget = "until converged" if steps is None else f"for {steps} {'iterations' if solver else 'steps'}"
         print(f"training {cls.name} on {env_id} {budget}, seed {args.seed} -> {run_dir}")
         try:
-            agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+            evaluation = {"eval_every": args.eval_every} if args.eval_every else {}
+            agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every, **evaluation)
         finally:
             agent.close()
+    if getattr(agent, "best", None) is not None:
+        print(f"best model: step {agent.best['step']}, eval/return {agent.best['return']:.3f} -> {run_dir / 'best_model.pt'}")
     if args.eval_episodes > 0:
         summary = _print_eval(agent.evaluate(args.eval_episodes))
         (run_dir / "eval.json").write_text(json.dumps({"episodes": args.eval_episodes, **summary}))
     return 0
 
 
-def load_run(run_dir: str | Path, device: str = "cpu"):
-    """The trained agent of a run directory: its final model, else its newest checkpoint."""
+def load_run(run_dir: str | Path, device: str = "cpu", best: bool = False):
+    """The trained agent of a run directory: its final model, else its newest checkpoint;
+    with ``best``, the best policy of its periodic evaluation."""
     from policyopt import checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
-    path = run_dir / "model.pt"
+    if best:
+        path = run_dir / "best_model.pt"
+        if not path.exists():
+            raise CheckpointError(f"{run_dir} holds no best_model.pt (train with --eval-every N to keep one)")
+    else:
+        path = run_dir / "model.pt"
     if not path.exists():
         path = checkpoint.CheckpointDir(run_dir).latest()
         if path is None:
@@ -190,7 +205,7 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    agent = load_run(args.run_dir)
+    agent = load_run(args.run_dir, best=args.best)
     video_dir = Path(args.run_dir) / "videos" if args.video else None
     returns = agent.evaluate(args.episodes, seed=args.seed, deterministic=not args.stochastic, video_dir=video_dir)
     for i, ret in enumerate(returns):

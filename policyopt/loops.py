@@ -18,6 +18,7 @@ periodic checkpoints, SIGINT/SIGTERM handling (a final checkpoint, then
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -467,9 +468,69 @@ def make_runner(agent: Agent):
     return RUNNERS[agent.loop](agent)
 
 
-def training_payload(agent: Agent) -> dict[str, Any]:
-    """Everything needed to resume: the agent and its runner (envs, buffers, statistics)."""
-    return {"agent": agent.state_dict(), "runner": agent.runner.state_dict()}
+class PeriodicEval:
+    """Greedy evaluation every ``every`` env steps, and at the end of the schedule, that keeps
+    the best policy seen (what stable-baselines3's ``EvalCallback`` with ``best_model_save_path`` does).
+
+    Every evaluation plays ``episodes`` deterministic episodes from the same start states (reset
+    seeds ``agent.seed + 30_000 + i``: no training episode's and none of ``evaluate()``'s default
+    ones), so successive means compare like with like; they are logged as ``eval/return`` and
+    ``eval/return_std``. When the mean equals or beats the best so far, a copy of the agent's state
+    becomes ``agent.best`` (``Agent.best_model()`` rebuilds it) and, with a run directory, is
+    written to ``best_model.pt``. Among equal means the latest policy wins, which has trained on
+    the most data, and the best model is the final one unless an earlier one did strictly better.
+    Choosing the best of several evaluations biases its ``eval/return`` upward:
+    report the best model by evaluating it again on other episodes (``evaluate()``'s default).
+    """
+
+    SEED_OFFSET = 30_000
+
+    def __init__(self, agent: Agent, every: int, episodes: int, run_dir: Path | None):
+        if every <= 0 or episodes <= 0:
+            raise ConfigError(f"eval_every and eval_episodes must be > 0, got {every} and {episodes}")
+        self.agent, self.every, self.episodes = agent, every, episodes
+        self.path = run_dir / "best_model.pt" if run_dir is not None else None
+        self.last_step: int | None = None
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        self.next_step = (self.agent.global_step // self.every + 1) * self.every
+
+    def due(self) -> bool:
+        return self.agent.global_step >= self.next_step
+
+    def run(self) -> dict[str, float]:
+        agent = self.agent
+        returns = agent.evaluate(self.episodes, seed=agent.seed + self.SEED_OFFSET)
+        mean = float(np.mean(returns))
+        self.last_step = agent.global_step
+        self._schedule_next()
+        if agent.best is None or mean >= agent.best["return"]:
+            agent.best = {"step": agent.global_step, "return": mean, "state": copy.deepcopy(agent.state_dict())}
+            if self.path is not None:
+                checkpoint.save(self.path, {"agent": agent.best["state"], "best": {"step": agent.global_step, "return": mean}})
+        return {"eval/return": mean, "eval/return_std": float(np.std(returns)), "eval/best_return": agent.best["return"]}
+
+    def settings(self) -> dict[str, int]:
+        """``train``'s keyword arguments that continue this evaluation (kept in checkpoints)."""
+        return {"eval_every": self.every, "eval_episodes": self.episodes}
+
+    @staticmethod
+    def restore_best(agent: Agent, run_dir: Path) -> None:
+        """On resume: ``agent.best`` read back from the run's ``best_model.pt``, if it has one."""
+        path = run_dir / "best_model.pt"
+        if path.exists():
+            payload = checkpoint.load(path)
+            agent.best = {**payload["best"], "state": payload["agent"]}
+
+
+def training_payload(agent: Agent, evaluator: PeriodicEval | None = None) -> dict[str, Any]:
+    """Everything needed to resume: the agent, its runner (envs, buffers, statistics) and the
+    periodic evaluation's settings."""
+    payload = {"agent": agent.state_dict(), "runner": agent.runner.state_dict()}
+    if evaluator is not None:
+        payload["eval"] = evaluator.settings()
+    return payload
 
 
 def check_finite(metrics: dict[str, Any], step: int) -> None:
@@ -522,8 +583,11 @@ def train(
     checkpoint_every: int | None = None,
     callback: Any = None,
     logger: Logger | None = None,
+    eval_every: int = 0,
+    eval_episodes: int = 10,
 ) -> None:
-    """Run ``agent`` until ``agent.global_step`` reaches the end of ``agent.schedule``."""
+    """Run ``agent`` until ``agent.global_step`` reaches the end of ``agent.schedule``
+    (``eval_every`` and ``eval_episodes``: ``PeriodicEval``; 0 = no periodic evaluation)."""
     tune_malloc()
     run_dir = Path(run_dir) if run_dir is not None else None
     if agent.runner is None:
@@ -536,13 +600,14 @@ def train(
     if checkpoint_every is None:
         checkpoint_every = max(1, (last - first) // 10)
     next_ckpt = agent.global_step + checkpoint_every
+    evaluator = PeriodicEval(agent, eval_every, eval_episodes, run_dir) if eval_every else None
     bar = ProgressBar(last, start=agent.global_step, enabled=progress, description=f"{agent.name} {agent.env_id or ''}")
     t_start, step_start = time.perf_counter(), agent.global_step
     try:
         with _SignalCatcher() as signals, flush_denormals():
             while agent.global_step < last:
                 if signals.signum is not None:
-                    path = ckpts.save(agent.global_step, training_payload(agent)) if ckpts else None
+                    path = ckpts.save(agent.global_step, training_payload(agent, evaluator)) if ckpts else None
                     raise TrainingInterrupted(signals.signum, path)
                 metrics = agent.runner.iterate()
                 if metrics is None:
@@ -554,15 +619,19 @@ def train(
                     metrics["rollout/ep_length"] = float(np.mean(lengths))
                     metrics["rollout/episodes"] = len(returns)
                 metrics["time/sps"] = (agent.global_step - step_start) / max(time.perf_counter() - t_start, 1e-9)
+                if evaluator is not None and evaluator.due():
+                    metrics.update(evaluator.run())
                 logger.log(agent.global_step, metrics)
                 bar.update(agent.global_step, returns)
                 if ckpts is not None and agent.global_step >= next_ckpt:
-                    ckpts.save(agent.global_step, training_payload(agent))
+                    ckpts.save(agent.global_step, training_payload(agent, evaluator))
                     next_ckpt = agent.global_step + checkpoint_every
                 if callback is not None and callback(agent, metrics) is False:
                     break
+        if evaluator is not None and agent.global_step >= last and evaluator.last_step != agent.global_step:
+            logger.log(agent.global_step, evaluator.run())  # the final policy competes too (not after a callback's stop)
         if ckpts is not None:
-            ckpts.save(agent.global_step, training_payload(agent))
+            ckpts.save(agent.global_step, training_payload(agent, evaluator))
             agent.save(run_dir / "model.pt")
             agent.save_artifacts(run_dir)
     finally:
@@ -589,10 +658,13 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
     set_rng_state(agent.np_rng, payload["agent"]["rng"])  # building the runner's envs must not shift the RNGs
     if total_steps is not None:
         agent.schedule = (agent.schedule[0], int(total_steps))
+    evaluation = payload.get("eval", {})
+    if evaluation:
+        PeriodicEval.restore_best(agent, run_dir)
     logger = Logger(run_dir)
     logger.resume(agent.global_step)
     try:
-        train(agent, run_dir=run_dir, progress=progress, logger=logger)
+        train(agent, run_dir=run_dir, progress=progress, logger=logger, **evaluation)
     except BaseException:
         agent.close()  # the caller never gets this agent: release its envs and Ray workers here
         raise
