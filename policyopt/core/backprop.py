@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policyopt.core.distributions import LOG_SQRT_2PI
-from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead
+from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, tanh
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
 _ACTIVATIONS = {
-    nn.Tanh: (torch.tanh, torch.ops.aten.tanh_backward),
+    nn.Tanh: (tanh, torch.ops.aten.tanh_backward),
     nn.ReLU: (F.relu, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
 }
 _HEADS = (CategoricalHead, GaussianHead)
