@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="env steps (default: the preset's total_steps)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--eval-every", type=int, default=0, metavar="N", help="keep the best of evaluations every N steps and report it too")
+    parser.add_argument("--eval-every", type=int, default=0, metavar="N", help="also report the best of evaluations every N steps")
     parser.add_argument("--run-root", default=None, help="write run directories here")
     parser.add_argument("--save", action="store_true", help="append the result to benchmarks/results/acceptance/ALGO.md")
     args = parser.parse_args()

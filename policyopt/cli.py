@@ -80,7 +80,7 @@ def build_parser() -> Parser:
     p_eval.add_argument("--seed", type=_int, default=None, help="seed of the first episode (default: training seed + 10000)")
     p_eval.add_argument("--video", action="store_true", help="record videos to RUN_DIR/videos")
     p_eval.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
-    p_eval.add_argument("--best", action="store_true", help="the run's best_model.pt (train --eval-every) instead of its final model")
+    p_eval.add_argument("--best", action="store_true", help="the run's best_model.pt (train --eval-every), not its final model")
     p_eval.add_argument("--threads", type=_int, default=1, help=THREADS_HELP)
 
     p_plot = sub.add_parser("plot", help="learning curves of one or more runs")
@@ -142,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from policyopt.loops import resume
 
     if args.resume:
+        if args.eval_every:
+            raise ConfigError("--eval-every cannot be set with --resume: the run continues its own periodic evaluation")
         agent = resume(args.resume, total_steps=args.steps, progress=not args.no_progress, device=args.device)
         agent.close()
         run_dir = Path(args.resume)
@@ -170,7 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training {cls.name} on {env_id} {budget}, seed {args.seed} -> {run_dir}")
         try:
             evaluation = {"eval_every": args.eval_every} if args.eval_every else {}
-            agent.learn(steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every, **evaluation)
+            agent.learn(
+                steps, run_dir=run_dir, progress=not args.no_progress, checkpoint_every=args.checkpoint_every, **evaluation
+            )
         finally:
             agent.close()
     if getattr(agent, "best", None) is not None:

@@ -54,9 +54,10 @@ def test_evaluating_does_not_change_training(cls, env_id, small):
 
 
 def test_resume_continues_evaluating_and_keeps_the_best(tmp_path):
-    full = PPO("CartPole-v1", seed=3, **SMALL_PPO).learn(1024, run_dir=tmp_path / "full", progress=False, eval_every=256, eval_episodes=2)
+    evaluation = dict(eval_every=256, eval_episodes=2)
+    full = PPO("CartPole-v1", seed=3, **SMALL_PPO).learn(1024, run_dir=tmp_path / "full", progress=False, **evaluation)
     PPO("CartPole-v1", seed=3, **SMALL_PPO).learn(
-        1024, run_dir=tmp_path / "cut", progress=False, eval_every=256, eval_episodes=2, callback=lambda a, m: a.global_step < 512
+        1024, run_dir=tmp_path / "cut", progress=False, callback=lambda a, m: a.global_step < 512, **evaluation
     )
     assert [step for step, _ in eval_rows(tmp_path / "cut")] == [256, 512]  # a callback's stop is not the end
     resumed = resume(tmp_path / "cut", progress=False)
@@ -81,6 +82,8 @@ def test_cli_eval_every_and_eval_best(tmp_path, capsys):
     assert main(["eval", str(run), "--best", "--episodes", "2"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mean_return: ")
 
+    assert main(["train", "--resume", str(run), "--eval-every", "128"]) == 2
+    assert "--eval-every cannot be set with --resume" in capsys.readouterr().err
     (run / "best_model.pt").unlink()
     assert main(["eval", str(run), "--best"]) == 2
     assert "no best_model.pt" in capsys.readouterr().err
