@@ -12,8 +12,8 @@ Two runners drive every deep algorithm:
 With ``workers > 0`` an on-policy agent samples through Ray rollout workers instead
 (``policyopt.distributed``); an algorithm with a loop of its own (IMPALA) brings its runner
 through ``agent.make_runner()``. ``train`` wraps any runner with the logger, the progress bar,
-periodic checkpoints, SIGINT/SIGTERM handling (a final checkpoint, then
-``TrainingInterrupted``) and non-finite guards.
+periodic checkpoints, optional periodic evaluation that keeps the best policy (``PeriodicEval``),
+SIGINT/SIGTERM handling (a final checkpoint, then ``TrainingInterrupted``) and non-finite guards.
 """
 
 from __future__ import annotations
