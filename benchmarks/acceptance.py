@@ -54,9 +54,9 @@ def train_seed(args: argparse.Namespace, seed: int, overrides: dict[str, str]) -
     finally:
         agent.close()  # stop its envs and, for IMPALA or workers > 0, its Ray actors before the next seed
     final = float(np.mean(agent.evaluate(20)))
-    best = agent.best_model()
-    if best is not None:
-        best = {"step": agent.best["step"], "score": float(np.mean(best.evaluate(20)))}
+    best = None
+    if agent.best is not None:
+        best = {"step": agent.best["step"], "score": float(np.mean(agent.best_model().evaluate(20)))}
     return final, budget, biases, best
 
 
