@@ -13,6 +13,10 @@ same way (``--eval-episodes`` deterministic episodes on a fresh Gymnasium env, s
 evaluation whose mean reaches ``--threshold``. The raw random-action throughput of each
 library's vector env is measured too: the ceiling for steps/s.
 
+Importing policyopt takes Intel MKL past its CPU-vendor check on AMD CPUs, so that it runs
+the kernels the CPU supports (``policyopt/mkl_dispatch.py``). The SB3 child runs with MKL's
+own choice, as SB3's users get it; ``--sb3-mkl-dispatch`` gives SB3 the same kernels.
+
 SAC: automatic entropy tuning maps to SB3's ``ent_coef="auto_<alpha>"`` with the same target
 entropy; options SB3 has no equivalent for (a separate critic learning rate, delayed actor
 updates) stop the script. A difference that remains: SB3 clamps the actor's log-std to
@@ -159,6 +163,10 @@ class Clock:
 
 
 def run_child(args) -> dict:
+    if args.lib == "sb3" and not args.sb3_mkl_dispatch:
+        # SB3 as its users run it: MKL's own kernel choice (policyopt's import would change it)
+        os.environ["POLICYOPT_MKL_VENDOR_CHECK"] = "keep"
+    import policyopt  # noqa: F401  (before torch: policyopt/mkl_dispatch.py)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -238,6 +246,7 @@ def machine_probe() -> str:
 
     import torch
 
+    from policyopt import mkl_dispatch
     from policyopt.runtime import at_most_threads
 
     def best_us(f, calls: int) -> float:
@@ -255,7 +264,8 @@ def machine_probe() -> str:
             pass
     return (
         f"machine (one thread, best of 5): 256x256x256 matmul {matmul:.0f} us, tanh of 256x64 {tanh:.0f} us, "
-        f"sum(range(1000)) in Python {loop:.1f} us; {', '.join(versions)}"
+        f"sum(range(1000)) in Python {loop:.1f} us; MKL kernels: {mkl_dispatch.code_path()} "
+        f"(policyopt's vendor-check bypass: {mkl_dispatch.STATUS}); {', '.join(versions)}"
     )
 
 
@@ -306,6 +316,9 @@ def main() -> None:
     p.add_argument("--final-episodes", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both libraries")
     p.add_argument("--sb3-flush-denormals", action="store_true", help="run SB3 with denormals flushed to zero too")
+    p.add_argument(
+        "--sb3-mkl-dispatch", action="store_true", help="run SB3 with policyopt's MKL kernel choice too (mkl_dispatch.py)"
+    )
     p.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="policyopt config override (mapped to SB3)")
     p.add_argument("--raw-steps", type=int, default=50_000)

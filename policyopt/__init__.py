@@ -12,7 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from policyopt import envs as _envs  # noqa: F401  (registers the policyopt/* test envs)
+from policyopt import mkl_dispatch
+
+mkl_dispatch.enable()  # before anything imports torch; see policyopt/mkl_dispatch.py
+
+from policyopt import envs as _envs  # noqa: E402, F401  (registers the policyopt/* test envs)
 
 __version__ = "0.1.0"
 

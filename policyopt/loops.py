@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from policyopt import checkpoint
+from policyopt import checkpoint, mkl_dispatch
 from policyopt.agent import set_rng_state
 from policyopt.config import ConfigError, to_dict
 from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
@@ -571,6 +571,8 @@ def write_run_info(agent: Agent, run_dir: Path) -> None:
         "device": str(agent.device),
         "config": to_dict(agent.config),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        # the kernels set the float rounding of CPU runs (policyopt/mkl_dispatch.py)
+        "mkl": {"kernels": mkl_dispatch.code_path(), "vendor_check_bypass": mkl_dispatch.STATUS},
     }
     (run_dir / "config.json").write_text(json.dumps(info, indent=2))
 

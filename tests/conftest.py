@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads: small solves (tabular DP) are fastest on one thread
 
+import policyopt  # noqa: E402, F401  (before torch, as in the CLI: see policyopt/mkl_dispatch.py)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -8,7 +8,7 @@ from policyopt.algos.ppo import PPO
 from policyopt.config import ConfigError
 from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
 from policyopt.core.losses import clipped_surrogate_loss, value_loss
-from policyopt.core.nets import ActorCritic, tanh
+from policyopt.core.nets import ActorCritic, sigmoid_tanh
 
 B, OBS_DIM = 96, 5
 DISCRETE, BOX = gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))
@@ -141,16 +141,16 @@ def test_ppo_uses_the_closed_form_grad_wherever_it_applies(options, closed_form)
     assert (agent.minibatch_step == agent._closed_form_step) is closed_form
 
 
-def test_tanh_matches_torch_tanh_and_its_gradients():
+def test_sigmoid_tanh_matches_torch_tanh_and_its_gradients():
     x = torch.cat([torch.linspace(-20, 20, 4001), torch.randn(10_000), torch.tensor([0.0, -0.0, 1e-30, 88.0, -88.0])])
-    y = tanh(x)
+    y = sigmoid_tanh(x)
     assert (y - torch.tanh(x)).abs().max() <= 2.5e-7 and y.abs().max() <= 1.0
     # autograd: torch.tanh's backward formula on the output, to first and second order (NPG/TRPO's
     # Fisher-vector products differentiate the gradient again), and under torch.func (REINFORCE)
     x = torch.randn(64, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(tanh, (x,)) and torch.autograd.gradgradcheck(tanh, (x,))
+    assert torch.autograd.gradcheck(sigmoid_tanh, (x,)) and torch.autograd.gradgradcheck(sigmoid_tanh, (x,))
     xf = x.detach().float().requires_grad_()
-    (g,) = torch.autograd.grad(tanh(xf).sum(), xf)
-    assert torch.equal(g, torch.ops.aten.tanh_backward(torch.ones_like(xf), tanh(xf.detach())))
-    per_row = torch.func.vmap(torch.func.grad(lambda v: tanh(v).sum()))(xf.detach().reshape(8, 8))
+    (g,) = torch.autograd.grad(sigmoid_tanh(xf).sum(), xf)
+    assert torch.equal(g, torch.ops.aten.tanh_backward(torch.ones_like(xf), sigmoid_tanh(xf.detach())))
+    per_row = torch.func.vmap(torch.func.grad(lambda v: sigmoid_tanh(v).sum()))(xf.detach().reshape(8, 8))
     assert torch.equal(per_row, g.reshape(8, 8))
