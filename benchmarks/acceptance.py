@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policyopt.config import parse_set  # noqa: E402
+from policyopt.config import parse_set  # noqa: E402  (policyopt before torch: policyopt/mkl_dispatch.py)
 from policyopt.registry import get_algorithm  # noqa: E402
+
+import torch  # noqa: E402
 
 
 def train_seed(args: argparse.Namespace, seed: int, overrides: dict[str, str]) -> tuple[float, int, list[float], dict | None]:

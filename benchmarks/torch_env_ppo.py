@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policyopt import PPO  # noqa: E402
+from policyopt import PPO  # noqa: E402  (policyopt before torch: policyopt/mkl_dispatch.py)
 from policyopt.config import parse_set  # noqa: E402
+
+import torch  # noqa: E402
 
 # Many envs, few steps each: one rollout of 2048 x 16 = 32k transitions, 2 epochs of 2 minibatches.
 DEFAULTS = dict(num_steps=16, batch_size=16384, update_epochs=2, learning_rate=1e-3, gamma=0.99, gae_lambda=0.95,

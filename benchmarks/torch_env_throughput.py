@@ -24,9 +24,10 @@ from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from policyopt.envs.torch_envs import make_torch_vec_env
+from policyopt.envs.torch_envs import make_torch_vec_env  # policyopt before torch: policyopt/mkl_dispatch.py
+
+import torch  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 

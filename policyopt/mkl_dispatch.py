@@ -37,6 +37,7 @@ import os
 import platform
 import struct
 import sys
+import warnings
 
 ENV_VAR = "POLICYOPT_MKL_VENDOR_CHECK"  # "keep": leave MKL's vendor check alone
 # MKL's vendor checks: the one its kernel dispatch asks, and the one behind its version report
@@ -147,6 +148,13 @@ def _enable() -> str:
     if not _amd_cpu():
         return "off: not an AMD CPU"
     if "torch" in sys.modules:
+        if code_path() == GENERIC_PATH:
+            warnings.warn(
+                "torch was imported before policyopt, so Intel MKL runs its generic kernels on this AMD CPU "
+                "(float32 matmuls about 2x slower here); import policyopt first for the CPU's own kernels "
+                f"(policyopt/mkl_dispatch.py), or set {ENV_VAR}=keep to leave MKL as it is",
+                stacklevel=3,
+            )
         return "off: torch was imported before policyopt"
     try:
         _loaded.append(load(shared_object()))
