@@ -33,6 +33,7 @@ whether it was done and why not; a run directory's config.json records it with `
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import struct
@@ -163,25 +164,27 @@ def _enable() -> str:
     return "on"
 
 
+class _Version(ctypes.Structure):  # MKL's MKLVersion
+    _fields_ = [
+        *((field, ctypes.c_int) for field in ("major", "minor", "update")),
+        *((field, ctypes.c_char_p) for field in ("status", "build", "processor", "platform")),
+    ]
+
+
+@functools.cache
 def code_path() -> str | None:
     """The kernels MKL runs, as MKL names them (``GENERIC_PATH`` or an instruction set); None
-    where torch does not use MKL. Imports torch."""
+    where torch does not use MKL. Imports torch. MKL's choice is fixed for the process once
+    libtorch has loaded, so the answer is computed once."""
     import torch
 
     if not torch.backends.mkl.is_available():
         return None
-
-    class Version(ctypes.Structure):  # MKL's MKLVersion
-        _fields_ = [
-            *((field, ctypes.c_int) for field in ("major", "minor", "update")),
-            *((field, ctypes.c_char_p) for field in ("status", "build", "processor", "platform")),
-        ]
-
     try:
         libtorch = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
         get_version = libtorch.mkl_serv_get_version
     except (OSError, AttributeError):
         return None
-    version = Version()
+    version = _Version()
     get_version(ctypes.byref(version))
     return version.processor.decode()

@@ -10,9 +10,8 @@ import pytest
 
 from policyopt import mkl_dispatch
 
-linux_x86_64 = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.machine() != "x86_64", reason="the shared object is x86-64 ELF"
-)
+LINUX_X86_64 = sys.platform.startswith("linux") and platform.machine() == "x86_64"
+linux_x86_64 = pytest.mark.skipif(not LINUX_X86_64, reason="the shared object is x86-64 ELF")
 amd_with_mkl = pytest.mark.skipif(
     not mkl_dispatch._amd_cpu() or mkl_dispatch.code_path() is None, reason="needs an AMD CPU and torch built with MKL"
 )
@@ -65,7 +64,7 @@ def test_import_policyopt_first_gives_mkl_its_fast_kernels_with_the_same_results
 def test_torch_imported_first_is_reported():
     late = probe("import torch, policyopt", **{mkl_dispatch.ENV_VAR: ""})
     assert late["status"].startswith("off:")
-    if sys.platform.startswith("linux") and platform.machine() == "x86_64" and mkl_dispatch._amd_cpu():
+    if LINUX_X86_64 and mkl_dispatch._amd_cpu():
         assert late["status"] == "off: torch was imported before policyopt"
     # the warning, where MKL runs its generic kernels because of the import order
     assert ("import policyopt first" in late["stderr"]) == (late["kernels"] == mkl_dispatch.GENERIC_PATH)

@@ -7,7 +7,6 @@ detail 2, which traces it to the OpenAI baselines code.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -66,11 +65,6 @@ def sigmoid_tanh(x: Tensor) -> Tensor:
     return _tanh_by_sigmoid(x)
 
 
-@functools.cache
-def _mkl_tanh_is_generic() -> bool:
-    return mkl_dispatch.code_path() == mkl_dispatch.GENERIC_PATH
-
-
 def tanh(x: Tensor) -> Tensor:
     """The activation of ``nn.Tanh`` layers in ``MLP``: ``torch.tanh``, or ``sigmoid_tanh`` on CPU
     where MKL runs its generic kernels (see ``policyopt.mkl_dispatch``).
@@ -81,7 +75,7 @@ def tanh(x: Tensor) -> Tensor:
     ``sigmoid_tanh`` (5 us with MKL's AVX-512 kernels). The two differ by float32 rounding, in
     about half the values, by at most 1.8e-7 (three float32 ulps of 1/2).
     """
-    if not x.is_cpu or not _mkl_tanh_is_generic():
+    if not x.is_cpu or mkl_dispatch.code_path() != mkl_dispatch.GENERIC_PATH:
         return torch.tanh(x)
     return sigmoid_tanh(x)
 
