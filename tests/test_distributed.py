@@ -222,10 +222,13 @@ def test_workers_must_divide_num_envs(ray_session):
 def test_training_survives_a_killed_worker(ray_session):
     """SIGKILL one of IMPALA's two actor processes (by pid) at 15k of 60k steps: the pool starts a
     replacement and training finishes with a mean evaluation return >= 150 over 10 episodes
-    (the CartPole preset, without learning-rate decay for this short budget)."""
+    (the CartPole preset, without learning-rate decay or reward normalization for this short
+    budget: with normalization, 60k steps gave 139-500 by seed and timing, one CI failure; without
+    it, 16 runs over seeds 0-11, 4 of them beside a busy core, gave 284-500, see
+    benchmarks/results/impala.md)."""
     from policyopt.algos.impala import IMPALA
 
-    agent = IMPALA("CartPole-v1", seed=0, workers=2, anneal_lr=False)
+    agent = IMPALA("CartPole-v1", seed=0, workers=2, anneal_lr=False, normalize_reward=False)
     killed, logged = [], []
 
     def kill_once(a, metrics):

@@ -73,9 +73,10 @@ def tanh(x: Tensor) -> Tensor:
     unless ``mkl_dispatch`` took MKL past its vendor check) it took 40 us for a 256x64 float32
     tensor on the 2-core AMD EPYC dev VM, a third of PPO's update, against 14 us for
     ``sigmoid_tanh`` (5 us with MKL's AVX-512 kernels). The two differ by float32 rounding, in
-    about half the values, by at most 1.8e-7 (three float32 ulps of 1/2).
+    about half the values, by at most 1.8e-7 (three float32 ulps of 1/2). Under ``torch.compile``
+    it is ``torch.tanh``: the compiler writes its own kernel, and MKL's version query is not traced.
     """
-    if not x.is_cpu or mkl_dispatch.code_path() != mkl_dispatch.GENERIC_PATH:
+    if torch.compiler.is_compiling() or not x.is_cpu or mkl_dispatch.code_path() != mkl_dispatch.GENERIC_PATH:
         return torch.tanh(x)
     return sigmoid_tanh(x)
 
