@@ -1,4 +1,4 @@
-"""Speed on CPU: settings applied by ``learn`` (``loops.train``), ``at_most_threads`` and ``trace``.
+"""Speed on CPU: settings applied by ``learn`` (``loops.train``), ``at_most_threads``, ``trace`` and ``record``.
 
 ``flush_denormals``: numbers below 2^-126 in float32 (denormals) take the CPU's slow path,
 tens of times slower per operation. They arise in the Adam moments of weights whose gradient
@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+import torch.utils._pytree as pytree
+from torch import Tensor, nn
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
 MMAP_THRESHOLD = 32 << 20
@@ -152,6 +153,63 @@ def trace(module: nn.Module, inputs: tuple[Any, ...]) -> Callable[..., Any]:
     except (AttributeError, RuntimeError):
         return module
     return _Unoptimized(traced.forward) if hasattr(torch._C, "_set_graph_executor_optimize") else traced
+
+
+def record(fn: Callable[..., Any], inputs: tuple[Tensor, ...]) -> Callable[..., Any]:
+    """``fn`` with the backward passes it asks autograd for, recorded as one graph of ATen ops
+    that runs without Python or the autograd engine between them (CPU).
+
+    ``fn`` takes tensors and returns a tuple, list or dict (nested or not) of tensors; it may
+    call ``torch.autograd.grad`` (the SAC update's gradients of its losses, say). ``make_fx``
+    (``torch.fx``) runs it once on ``inputs`` and records every ATen op it executes, those that
+    autograd runs for the gradients included; ``trace`` records that graph for TorchScript's
+    interpreter. The record calls the same kernels in the same order on the same tensors, so it
+    returns the same bits as ``fn``, and its random draws come from the global generator in the
+    same order (its first run is undone, as in ``trace``). The tensors ``fn`` reads without
+    taking them as inputs (the networks' parameters and buffers) are read live, so in-place
+    optimizer steps between calls are seen. What the record does not see: branches on values
+    (it keeps the path taken), Python numbers read (kept as constants), ``fn``'s side effects
+    (dropped: it must only return), and new input shapes (record again).
+
+    SAC's update on Pendulum (256x256 twin critics, batch 256) spent about 1.5 ms of its 4.4 ms
+    of loss-and-gradient computation outside the matmuls here; recorded, the same took 3.4 ms.
+    Where the recording is unavailable (no ``torch.fx``, an op the tracer refuses, a GPU
+    tensor), this returns ``fn`` itself.
+    """
+    if any(t.device.type != "cpu" for t in inputs):
+        return fn
+    spec = None
+
+    def flat(*args: Tensor) -> list[Tensor]:
+        nonlocal spec
+        leaves, spec = pytree.tree_flatten(fn(*args))
+        return leaves
+
+    try:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            graph = make_fx(flat)(*inputs)
+        for node in reversed(graph.graph.nodes):  # the profiler's markers (Adam's, autograd's): no-ops here
+            if node.op == "call_function" and str(node.target).startswith("profiler.") and not node.users:
+                graph.graph.erase_node(node)
+        for node in graph.graph.nodes:  # tensors read from outside: buffers of the record, read live by ``trace``
+            if node.op == "get_attr":
+                tensor = getattr(graph, node.target)
+                delattr(graph, node.target)
+                graph.register_buffer(node.target, tensor)
+        graph.recompile()
+    except (ImportError, RuntimeError, TypeError):
+        return fn
+    traced = trace(graph, inputs)
+    if traced is graph:
+        return fn
+
+    def run(*args: Tensor) -> Any:
+        with torch.no_grad():
+            return pytree.tree_unflatten(traced(*args), spec)
+
+    return run
 
 
 class _Unoptimized:

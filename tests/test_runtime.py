@@ -1,6 +1,7 @@
 """``runtime.tune_malloc``: freed activations stay in the heap instead of page-faulting back in;
 ``runtime.flush_denormals``: training flushes denormals to zero and leaves the mode as it found it;
-``runtime.trace``: a recorded module computes what the module computes, and draws the same numbers."""
+``runtime.trace``: a recorded module computes what the module computes, and draws the same numbers;
+``runtime.record``: a recorded function with its gradients returns what the function returns."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from policyopt import PPO
 from policyopt.core.optim import FlatAdam
-from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, trace, tune_malloc
+from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, record, trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
 import resource, sys, torch
@@ -119,6 +120,39 @@ def test_a_traced_module_reads_its_parameters_live_and_draws_what_the_module_dra
             expected = module(x)
             torch.set_rng_state(state)
             assert torch.equal(traced(x), expected)
+
+
+def noisy_loss_and_gradients(module: Noisy, x: torch.Tensor, target: torch.Tensor) -> dict:
+    loss = (module(x) - target).pow(2).mean()
+    return {"grads": list(torch.autograd.grad(loss, list(module.parameters()))), "loss": loss.detach()}
+
+
+def test_a_recorded_function_returns_its_gradients_bit_for_bit_and_reads_parameters_live():
+    torch.manual_seed(0)
+    module, x, target = Noisy(), torch.randn(64, 3), torch.randn(64, 2)
+    state = torch.get_rng_state()
+    recorded = record(lambda *inputs: noisy_loss_and_gradients(module, *inputs), (x, target))
+    assert recorded.__qualname__ == "record.<locals>.run"  # not the function itself, given back on failure
+    assert torch.equal(torch.get_rng_state(), state)
+    for _ in range(3):
+        torch.set_rng_state(state)
+        expected = noisy_loss_and_gradients(module, x, target)
+        torch.set_rng_state(state)
+        got = recorded(x, target)
+        assert torch.equal(got["loss"], expected["loss"])
+        assert all(torch.equal(a, b) for a, b in zip(got["grads"], expected["grads"], strict=True))
+        assert not got["loss"].requires_grad
+        with torch.no_grad():
+            module.layer.weight.sub_(0.1 * expected["grads"][0])  # an optimizer step in place
+
+
+def test_record_gives_back_the_function_where_it_cannot_record(monkeypatch):
+    def fn(x):
+        return [x + 1]
+
+    assert record(fn, (torch.zeros(2, device="meta"),)) is fn  # not on CPU
+    monkeypatch.delattr(torch.jit, "trace")
+    assert record(fn, (torch.zeros(2),)) is fn
 
 
 @pytest.mark.parametrize("optimize", [True, False])

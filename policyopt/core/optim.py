@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +262,14 @@ def minimize(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     """One gradient step on ``loss`` (gradients of the optimizer's parameters are reset first)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    optimizer.step()
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    """One step of ``optimizer`` with ``grads`` as the gradients of ``params`` (computed apart,
+    e.g. by ``torch.autograd.grad`` inside a ``runtime.record``)."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
     optimizer.step()
 
 
