@@ -39,7 +39,7 @@ from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
-from policyopt.runtime import trace
+from policyopt.runtime import record, trace
 
 
 def resolve_config(cls: Any, env: EnvLike, config: Any, use_preset: bool, overrides: dict[str, Any]) -> tuple[Any, int | None]:
@@ -171,6 +171,18 @@ class Agent:
         """Fraction of the current ``learn`` call done, for schedules (LR annealing)."""
         first, last = self.schedule
         return 0.0 if last <= first else min(1.0, (self.global_step - first) / (last - first))
+
+    def recorded(self, fn: Callable[..., Any], *inputs: Tensor) -> Any:
+        """``fn(*inputs)``: with the config's ``record_update`` (the off-policy algorithms' loss and
+        gradient computations), through ``runtime.record``'s graph of ``fn`` for these input
+        shapes, made on first use: the same bits, without Python and autograd between the ops."""
+        if not self.config.record_update:
+            return fn(*inputs)
+        records = self.__dict__.setdefault("_records", {})
+        key = (fn.__name__, *((t.shape, t.dtype, t.device) for t in inputs))
+        if key not in records:
+            records[key] = record(fn, inputs)
+        return records[key](*inputs)
 
     def normalize(self, obs: Tensor, update: bool = False) -> Tensor:
         if self.obs_normalizer is None:

@@ -82,6 +82,9 @@ class OffPolicyConfig(EnvConfig):
     log_interval: int = 1000  # steps between rows of metrics.csv
     bias_eval_interval: int = 0  # steps between overestimation measurements (diag/q_bias); 0 = off
     bias_eval_episodes: int = 5
+    # compute the losses' gradients through graphs recorded by runtime.record (CPU): the same bits as
+    # the algorithm's code run op by op, with less overhead per op (SAC Pendulum: ~25% less time per step)
+    record_update: bool = True
 
     def check(self) -> list[str]:
         if self.batch_size > self.buffer_size:

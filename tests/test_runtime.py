@@ -1,7 +1,8 @@
 """``runtime.tune_malloc``: freed activations stay in the heap instead of page-faulting back in;
 ``runtime.flush_denormals``: training flushes denormals to zero and leaves the mode as it found it;
 ``runtime.trace``: a recorded module computes what the module computes, and draws the same numbers;
-``runtime.record``: a recorded function with its gradients returns what the function returns."""
+``runtime.record``: a recorded function with its gradients returns what the function returns, and
+the off-policy algorithms' updates through it are the eager updates bit for bit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from policyopt import PPO
 from policyopt.core.optim import FlatAdam
+from policyopt.registry import get_algorithm
 from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, record, trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
@@ -144,6 +146,32 @@ def test_a_recorded_function_returns_its_gradients_bit_for_bit_and_reads_paramet
         assert not got["loss"].requires_grad
         with torch.no_grad():
             module.layer.weight.sub_(0.1 * expected["grads"][0])  # an optimizer step in place
+
+
+@pytest.mark.parametrize("algo,env_id,config", [
+    ("sac", "Pendulum-v1", {}),
+    ("sac", "Pendulum-v1", {"policy_frequency": 2, "target_network_frequency": 3, "autotune": False}),
+    ("sac", "CartPole-v1", {}),
+    ("td3", "Pendulum-v1", {}),
+    ("ddpg", "Pendulum-v1", {}),
+    ("dqn", "CartPole-v1", {"double_q": True, "target_network_frequency": 50}),
+])
+def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config):
+    """``record_update``: the losses' gradients through ``runtime.record``'s graphs give the run of
+    the eager code, parameters and optimizer moments alike."""
+    def run(recorded):
+        agent = get_algorithm(algo)(env_id, seed=1, preset=False, record_update=recorded, learning_starts=200,
+                                    batch_size=64, hidden_sizes=(32, 32), **config)
+        return agent.learn(600, progress=False)
+
+    recorded, eager = run(True), run(False)
+    assert {fn.__qualname__ for fn in recorded._records.values()} == {"record.<locals>.run"}
+    assert "_records" not in vars(eager)
+    a, b = recorded.nets.state_dict(), eager.nets.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in recorded.optimizers:
+        ours, theirs = (list(agent.optimizers[name].state.values()) for agent in (recorded, eager))
+        assert ours and all(torch.equal(s["exp_avg_sq"], t["exp_avg_sq"]) for s, t in zip(ours, theirs, strict=True))
 
 
 def test_record_gives_back_the_function_where_it_cannot_record(monkeypatch):

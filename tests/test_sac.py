@@ -105,30 +105,6 @@ def test_fixed_temperature_without_autotune():
     assert agent.temperature().item() == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("env_id,config", [
-    ("Pendulum-v1", {}),
-    ("Pendulum-v1", {"policy_frequency": 2, "target_network_frequency": 3, "autotune": False}),
-    ("CartPole-v1", {}),
-])
-def test_recorded_update_is_the_eager_update_bit_for_bit(env_id, config):
-    """``record_update``: the losses' gradients through ``runtime.record``'s graphs give the run
-    of the eager code, parameters and optimizer moments alike, for Box and Discrete SAC."""
-    def run(recorded):
-        agent = SAC(env_id, seed=1, preset=False, record_update=recorded, learning_starts=200, batch_size=64,
-                    hidden_sizes=(32, 32), **config)
-        agent.learn(600, progress=False)
-        return agent
-
-    recorded, eager = run(True), run(False)
-    assert {fn.__qualname__ for fn in recorded._recorded.values()} == {"record.<locals>.run"}
-    assert not eager._recorded
-    a, b = recorded.nets.state_dict(), eager.nets.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    for name in recorded.optimizers:
-        ours, theirs = (list(agent.optimizers[name].state.values()) for agent in (recorded, eager))
-        assert ours and all(torch.equal(s["exp_avg_sq"], t["exp_avg_sq"]) for s, t in zip(ours, theirs, strict=True))
-
-
 def test_learns_target_env():
     """Target-v0: one step, reward -||a - obs||^2, optimum 0; a random policy averages about -1.4."""
     agent = SAC("policyopt/Target-v0", seed=0, learning_rate=3e-3, **{**SMALL, "hidden_sizes": (64, 64)})

@@ -23,7 +23,7 @@ from torch import Tensor
 from policyopt.agent import Agent
 from policyopt.config import OffPolicyConfig
 from policyopt.core.nets import ACTIVATIONS, DeterministicActorCritic
-from policyopt.core.optim import adam, minimize
+from policyopt.core.optim import adam, gradient_step
 from policyopt.core.returns import td_target
 
 
@@ -63,17 +63,29 @@ class DDPG(Agent):
         return action, {"q_estimate": q}, torch.zeros_like(q)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg, ac = self.config, self.ac
         obs, next_obs = self.normalize(batch["obs"]), self.normalize(batch["next_obs"])
+        grads, metrics = self.recorded(self.critic_gradients, obs, batch["action"], batch["reward"], next_obs, batch["terminated"])
+        gradient_step(self.optimizers["critic"], grads)
+        grads, metrics["loss/actor"] = self.recorded(self.actor_gradients, obs)
+        gradient_step(self.optimizers["actor"], grads)
+        self.ac.update_targets(self.config.tau)
+        return metrics
+
+    def critic_gradients(
+        self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The critic's gradient of L = 1/N sum_i (y_i - Q(s_i, a_i))^2 (Algorithm 1), and metrics."""
+        ac = self.ac
         with torch.no_grad():
             next_q = ac.critic_target(next_obs, ac.actor_target(next_obs))[0]
-            target = td_target(batch["reward"], batch["terminated"], next_q, cfg.gamma)
-        q = ac.critic(obs, batch["action"].flatten(1))[0]
-        critic_loss = (q - target).pow(2).mean()  # L = 1/N sum_i (y_i - Q(s_i, a_i))^2, Algorithm 1
-        minimize(self.optimizers["critic"], critic_loss)
-        # J = -1/N sum_i Q(s_i, mu(s_i)): its gradient through Q's action input is the
-        # deterministic policy gradient of Algorithm 1 (Silver et al. 2014, eq. 6)
-        actor_loss = -ac.critic(obs, ac.actor(obs), detach_params=True)[0].mean()
-        minimize(self.optimizers["actor"], actor_loss)
-        ac.update_targets(cfg.tau)
-        return {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(), "diag/q": q.detach().mean()}
+            target = td_target(reward, terminated, next_q, self.config.gamma)
+        q = ac.critic(obs, action.flatten(1))[0]
+        critic_loss = (q - target).pow(2).mean()
+        grads = torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
+        return list(grads), {"loss/critic": critic_loss.detach(), "diag/q": q.detach().mean()}
+
+    def actor_gradients(self, obs: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The actor's gradient of J = -1/N sum_i Q(s_i, mu(s_i)), and J: its gradient through Q's
+        action input is the deterministic policy gradient of Algorithm 1 (Silver et al. 2014, eq. 6)."""
+        actor_loss = -self.ac.critic(obs, self.ac.actor(obs), detach_params=True)[0].mean()
+        return list(torch.autograd.grad(actor_loss, list(self.ac.actor.parameters()))), actor_loss.detach()

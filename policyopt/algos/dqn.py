@@ -22,7 +22,7 @@ from torch import Tensor
 from policyopt.agent import Agent
 from policyopt.config import OffPolicyConfig
 from policyopt.core.nets import ACTIVATIONS, mlp
-from policyopt.core.optim import adam, polyak_update, target_copy
+from policyopt.core.optim import adam, gradient_step, polyak_update, target_copy
 from policyopt.core.returns import td_target
 
 
@@ -107,21 +107,20 @@ class DQN(Agent):
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.config
         obs, next_obs = self.normalize(batch["obs"]), self.normalize(batch["next_obs"])
-        with torch.no_grad():
-            next_q_online = self.q_net(next_obs) if cfg.double_q else None
-            target = dqn_target(batch["reward"], batch["terminated"], self.q_target(next_obs), cfg.gamma, next_q_online)
-        q = self.q_net(obs).gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
-        loss = F.smooth_l1_loss(q, target)  # Huber loss: the error clipping of Mnih et al. 2015, Methods
-        optimizer = self.optimizers["q"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.q_net.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        grads, metrics = self.recorded(self.q_gradients, obs, batch["action"], batch["reward"], next_obs, batch["terminated"])
+        metrics["diag/grad_norm"] = gradient_step(self.optimizers["q"], grads, cfg.max_grad_norm)
         if (self.num_updates + 1) % cfg.target_network_frequency == 0:
             polyak_update(self.q_net, self.q_target, cfg.tau)
-        return {
-            "loss/q": loss.detach(),
-            "diag/q": q.detach().mean(),
-            "diag/grad_norm": grad_norm,
-            "diag/epsilon": self.epsilon,
-        }
+        return {**metrics, "diag/epsilon": self.epsilon}
+
+    def q_gradients(
+        self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The Q-network's gradient of the Huber loss to the (double) DQN target, and metrics."""
+        with torch.no_grad():
+            next_q_online = self.q_net(next_obs) if self.config.double_q else None
+            target = dqn_target(reward, terminated, self.q_target(next_obs), self.config.gamma, next_q_online)
+        q = self.q_net(obs).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        loss = F.smooth_l1_loss(q, target)  # Huber loss: the error clipping of Mnih et al. 2015, Methods
+        grads = torch.autograd.grad(loss, list(self.q_net.parameters()))
+        return list(grads), {"loss/q": loss.detach(), "diag/q": q.detach().mean()}

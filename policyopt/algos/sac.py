@@ -22,9 +22,7 @@ over actions is computed exactly from pi(.|s) instead of being sampled.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import torch
@@ -35,7 +33,6 @@ from policyopt.config import OffPolicyConfig
 from policyopt.core.nets import ACTIVATIONS, ActorCritic, ContinuousQ, EnsembleMLP, flat_dim
 from policyopt.core.optim import adam, gradient_step, polyak_update, target_copy
 from policyopt.core.returns import td_target
-from policyopt.runtime import record
 
 
 @dataclass
@@ -51,9 +48,6 @@ class SACConfig(OffPolicyConfig):
     target_entropy_scale: float = 0.89  # CleanRL's value; Christodoulou 2019 (section 4) used 0.98
     hidden_sizes: tuple[int, ...] = (256, 256)
     activation: str = field(default="relu", metadata={"choices": tuple(ACTIVATIONS)})
-    # compute the losses' gradients through graphs recorded by runtime.record (CPU): the same bits
-    # as running the code below, about a third less time per update on Pendulum's 256x256 networks
-    record_update: bool = True
 
 
 def soft_state_value(q1: Tensor, q2: Tensor, logp: Tensor, alpha: Tensor | float, probs: Tensor | None = None) -> Tensor:
@@ -166,8 +160,6 @@ class SAC(Agent):
         }
         if cfg.autotune:
             self.optimizers["temperature"] = adam(self.temperature.parameters(), lr=cfg.learning_rate)
-        self.params = {name: list(self.nets[name].parameters()) for name in ("actor", "critic", "temperature")}
-        self._recorded: dict[tuple, Callable[..., Any]] = {}
 
     def _target_entropy(self) -> float:
         cfg = self.config
@@ -209,12 +201,12 @@ class SAC(Agent):
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.config
         obs, next_obs = self.normalize(batch["obs"]), self.normalize(batch["next_obs"])
-        grads, metrics = self._run(self.critic_gradients, obs, batch["action"], batch["reward"], next_obs, batch["terminated"])
-        gradient_step(self.optimizers["critic"], self.params["critic"], grads)
+        grads, metrics = self.recorded(self.critic_gradients, obs, batch["action"], batch["reward"], next_obs, batch["terminated"])
+        gradient_step(self.optimizers["critic"], grads)
         if (self.num_updates + 1) % cfg.policy_frequency == 0:
-            grads, actor_metrics = self._run(self.actor_gradients, obs)
+            grads, actor_metrics = self.recorded(self.actor_gradients, obs)
             for name, net_grads in grads.items():
-                gradient_step(self.optimizers[name], self.params[name], net_grads)
+                gradient_step(self.optimizers[name], net_grads)
             metrics.update(actor_metrics)
         if (self.num_updates + 1) % cfg.target_network_frequency == 0:
             polyak_update(self.critic, self.critic_target, cfg.tau)
@@ -234,7 +226,7 @@ class SAC(Agent):
         else:
             q = self.critic(obs, action.flatten(1))
         critic_loss = 0.5 * (q - target).pow(2).mean(dim=1).sum()
-        grads = torch.autograd.grad(critic_loss, self.params["critic"])
+        grads = torch.autograd.grad(critic_loss, list(self.critic.parameters()))
         return list(grads), {"loss/critic": critic_loss.detach(), "diag/q": q.detach().mean(), "diag/alpha": alpha}
 
     def actor_gradients(self, obs: Tensor) -> tuple[dict[str, list[Tensor]], dict[str, Tensor]]:
@@ -244,21 +236,11 @@ class SAC(Agent):
         action, logp, probs = self._policy(obs)
         q = self._q(self.critic, obs, action, detach_params=True)
         actor_loss = sac_actor_loss(q[0], q[1], logp, alpha, probs)
-        grads = {"actor": list(torch.autograd.grad(actor_loss, self.params["actor"]))}
+        grads = {"actor": list(torch.autograd.grad(actor_loss, list(self.actor.parameters())))}
         entropy = -(logp if probs is None else (probs * logp).sum(dim=-1)).detach().mean()
         metrics = {"loss/actor": actor_loss.detach(), "diag/entropy": entropy}
         if self.config.autotune:
             alpha_loss = temperature_loss(self.temperature.log_alpha, logp, self.target_entropy, probs)
-            grads["temperature"] = list(torch.autograd.grad(alpha_loss, self.params["temperature"]))
+            grads["temperature"] = [torch.autograd.grad(alpha_loss, self.temperature.log_alpha)[0]]
             metrics["loss/alpha"] = alpha_loss.detach()
         return grads, metrics
-
-    def _run(self, fn: Callable[..., Any], *inputs: Tensor) -> Any:
-        """``fn(*inputs)``; with ``record_update``, through its ``runtime.record`` for these input
-        shapes, made on first use (the same bits, less per-op overhead on CPU)."""
-        if not self.config.record_update:
-            return fn(*inputs)
-        key = (fn.__name__, *((t.shape, t.dtype) for t in inputs))
-        if key not in self._recorded:
-            self._recorded[key] = record(fn, inputs)
-        return self._recorded[key](*inputs)

@@ -23,7 +23,7 @@ from torch import Tensor
 from policyopt.agent import Agent
 from policyopt.config import OffPolicyConfig
 from policyopt.core.nets import ACTIVATIONS, DeterministicActorCritic
-from policyopt.core.optim import adam, minimize
+from policyopt.core.optim import adam, gradient_step
 from policyopt.core.returns import td_target
 
 
@@ -84,23 +84,36 @@ class TD3(Agent):
         return action, {"q_estimate": q.min(dim=0).values, "q1_estimate": q[0]}, torch.zeros_like(q[0])
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg, ac = self.config, self.ac
+        cfg = self.config
         obs, next_obs = self.normalize(batch["obs"]), self.normalize(batch["next_obs"])
+        grads, metrics = self.recorded(self.critic_gradients, obs, batch["action"], batch["reward"], next_obs, batch["terminated"])
+        gradient_step(self.optimizers["critic"], grads)
+        if (self.num_updates + 1) % cfg.policy_frequency == 0:  # delayed policy update, then both targets move (Algorithm 1)
+            grads, metrics["loss/actor"] = self.recorded(self.actor_gradients, obs)
+            gradient_step(self.optimizers["actor"], grads)
+            self.ac.update_targets(cfg.tau)
+        return metrics
+
+    def critic_gradients(
+        self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, terminated: Tensor
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The critics' gradient of the sum of both critics' MSE to the clipped double-Q target
+        with target policy smoothing (Algorithm 1), and metrics."""
+        cfg, ac = self.config, self.ac
         scale = ac.actor.scale
         with torch.no_grad():
             next_mean = ac.actor_target(next_obs)
             noise = cfg.policy_noise * scale * torch.randn_like(next_mean)
             next_action = smoothed_target_action(next_mean, noise, cfg.noise_clip * scale, ac.actor.low, ac.actor.high)
             next_q = ac.critic_target(next_obs, next_action)
-            target = td3_target(batch["reward"], batch["terminated"], next_q[0], next_q[1], cfg.gamma)
-        q = ac.critic(obs, batch["action"].flatten(1))
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()  # sum of both critics' MSE, Algorithm 1
-        minimize(self.optimizers["critic"], critic_loss)
-        metrics = {"loss/critic": critic_loss.detach(), "diag/q": q.detach().mean()}
-        if (self.num_updates + 1) % cfg.policy_frequency == 0:
-            # deterministic policy gradient through Q1 only, then both targets move (Algorithm 1)
-            actor_loss = -ac.critic(obs, ac.actor(obs), detach_params=True)[0].mean()
-            minimize(self.optimizers["actor"], actor_loss)
-            ac.update_targets(cfg.tau)
-            metrics["loss/actor"] = actor_loss.detach()
-        return metrics
+            target = td3_target(reward, terminated, next_q[0], next_q[1], cfg.gamma)
+        q = ac.critic(obs, action.flatten(1))
+        critic_loss = (q - target).pow(2).mean(dim=1).sum()
+        grads = torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
+        return list(grads), {"loss/critic": critic_loss.detach(), "diag/q": q.detach().mean()}
+
+    def actor_gradients(self, obs: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The actor's gradient of J = -mean Q1(s, mu(s)), the deterministic policy gradient
+        through Q1 only (Algorithm 1), and J."""
+        actor_loss = -self.ac.critic(obs, self.ac.actor(obs), detach_params=True)[0].mean()
+        return list(torch.autograd.grad(actor_loss, list(self.ac.actor.parameters()))), actor_loss.detach()

@@ -258,19 +258,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def minimize(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-    """One gradient step on ``loss`` (gradients of the optimizer's parameters are reset first)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def gradient_step(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
-    """One step of ``optimizer`` with ``grads`` as the gradients of ``params`` (computed apart,
-    e.g. by ``torch.autograd.grad`` inside a ``runtime.record``)."""
+def gradient_step(optimizer: torch.optim.Optimizer, grads: Sequence[Tensor], max_grad_norm: float | None = None) -> Tensor | None:
+    """One step of ``optimizer`` with ``grads`` as the gradients of its parameters, in their order
+    (computed apart, e.g. by ``torch.autograd.grad`` in a ``runtime.record``), clipped to a total
+    norm of ``max_grad_norm`` first if given; returns the norm before clipping then."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for p, g in zip(params, grads, strict=True):
         p.grad = g
+    norm = None if max_grad_norm is None else torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    return norm
 
 
 def flat_params(params: Iterable[Tensor]) -> Tensor:
