@@ -174,15 +174,16 @@ class Agent:
 
     def recorded(self, fn: Callable[..., Any], *inputs: Tensor) -> Any:
         """``fn(*inputs)``: with the config's ``record_update`` (the off-policy algorithms' loss and
-        gradient computations), through ``runtime.record``'s graph of ``fn`` for these input
-        shapes, made on first use: the same bits, without Python and autograd between the ops."""
+        gradient computations), through ``runtime.record``'s graph of ``fn``: the same bits,
+        without Python and autograd between the ops. A record keeps the config values ``fn`` read
+        as constants, so it is made anew when the config or the input shapes change."""
         if not self.config.record_update:
             return fn(*inputs)
         records = self.__dict__.setdefault("_records", {})
-        key = (fn.__name__, *((t.shape, t.dtype, t.device) for t in inputs))
-        if key not in records:
-            records[key] = record(fn, inputs)
-        return records[key](*inputs)
+        key = (repr(vars(self.config)), *((t.shape, t.dtype, t.device) for t in inputs))
+        if fn.__name__ not in records or records[fn.__name__][0] != key:
+            records[fn.__name__] = (key, record(fn, inputs))
+        return records[fn.__name__][1](*inputs)
 
     def normalize(self, obs: Tensor, update: bool = False) -> Tensor:
         if self.obs_normalizer is None:

@@ -158,14 +158,20 @@ def test_a_recorded_function_returns_its_gradients_bit_for_bit_and_reads_paramet
 ])
 def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config):
     """``record_update``: the losses' gradients through ``runtime.record``'s graphs give the run of
-    the eager code, parameters and optimizer moments alike."""
+    the eager code, parameters and optimizer moments alike, also where a callback changes a value
+    the graphs read (gamma: recorded anew)."""
+    def lower_gamma(agent, metrics):
+        if agent.global_step >= 400:
+            agent.config.gamma = 0.9
+
     def run(recorded):
         agent = get_algorithm(algo)(env_id, seed=1, preset=False, record_update=recorded, learning_starts=200,
-                                    batch_size=64, hidden_sizes=(32, 32), **config)
-        return agent.learn(600, progress=False)
+                                    batch_size=64, hidden_sizes=(32, 32), log_interval=100, **config)
+        return agent.learn(600, progress=False, callback=lower_gamma)
 
     recorded, eager = run(True), run(False)
-    assert {fn.__qualname__ for fn in recorded._records.values()} == {"record.<locals>.run"}
+    assert recorded.config.gamma == 0.9
+    assert {fn.__qualname__ for _, fn in recorded._records.values()} == {"record.<locals>.run"}
     assert "_records" not in vars(eager)
     a, b = recorded.nets.state_dict(), eager.nets.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
