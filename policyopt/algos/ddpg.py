@@ -86,6 +86,7 @@ class DDPG(Agent):
 
     def actor_gradients(self, obs: Tensor) -> tuple[list[Tensor], Tensor]:
         """The actor's gradient of J = -1/N sum_i Q(s_i, mu(s_i)), and J: its gradient through Q's
-        action input is the deterministic policy gradient of Algorithm 1 (Silver et al. 2014, eq. 6)."""
+        action input is the deterministic policy gradient of Algorithm 1 (Silver et al. 2014, eq. 6).
+        Q is the first critic of ``self.ac`` (DDPG's only one; TD3's Q1)."""
         actor_loss = -self.ac.critic(obs, self.ac.actor(obs), detach_params=True)[0].mean()
         return list(torch.autograd.grad(actor_loss, list(self.ac.actor.parameters()))), actor_loss.detach()

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from policyopt.agent import Agent
+from policyopt.algos.ddpg import DDPG
 from policyopt.config import OffPolicyConfig
 from policyopt.core.nets import ACTIVATIONS, DeterministicActorCritic
 from policyopt.core.optim import adam, gradient_step
@@ -112,8 +113,5 @@ class TD3(Agent):
         grads = torch.autograd.grad(critic_loss, list(ac.critic.parameters()))
         return list(grads), {"loss/critic": critic_loss.detach(), "diag/q": q.detach().mean()}
 
-    def actor_gradients(self, obs: Tensor) -> tuple[list[Tensor], Tensor]:
-        """The actor's gradient of J = -mean Q1(s, mu(s)), the deterministic policy gradient
-        through Q1 only (Algorithm 1), and J."""
-        actor_loss = -self.ac.critic(obs, self.ac.actor(obs), detach_params=True)[0].mean()
-        return list(torch.autograd.grad(actor_loss, list(self.ac.actor.parameters()))), actor_loss.detach()
+    # DDPG's deterministic policy gradient, through the first critic Q1 only (Algorithm 1)
+    actor_gradients = DDPG.actor_gradients
