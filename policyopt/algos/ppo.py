@@ -21,7 +21,7 @@ elsewhere; ``closed_form_grad`` true or false forces one of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,14 +137,24 @@ class ClosedFormStep(torch.nn.Module):
     """A minibatch step without autograd: ``ClosedFormGrad``'s gradient, then the clipped Adam
     step of ``FlatAdam.kernel`` on it, in one graph for ``trace``. Takes ``ClosedFormGrad``'s
     inputs, then the kernel's (``FlatAdam.flat_step``); returns
-    ``[policy loss, value loss, entropy, grad norm(, approx KL)]``."""
+    ``[policy loss, value loss, entropy, grad norm(, approx KL)]``.
 
-    def __init__(self, grad: ClosedFormGrad, adam: torch.nn.Module):
+    With ``gather``, the six per-sample inputs are the whole batch's and one more input follows
+    them, the minibatch's indices: the step selects its rows (and, with ``norm_adv``,
+    normalizes their advantages) as ``PPO._minibatch`` does, inside the graph."""
+
+    def __init__(self, grad: ClosedFormGrad, adam: torch.nn.Module, gather: bool = False, norm_adv: bool = False):
         super().__init__()
-        self.grad, self.adam = grad, adam
+        self.grad, self.adam, self.gather, self.norm_adv = grad, adam, gather, norm_adv
 
     def forward(self, *inputs: Any) -> Tensor:
         *grad_inputs, m, v, theta, scalars = inputs
+        if self.gather:
+            *fields, clip_range, idx = grad_inputs
+            fields = [x[idx] for x in fields]
+            if self.norm_adv:
+                fields[3] = standardize(fields[3])
+            grad_inputs = [*fields, clip_range]
         terms, *grads = self.grad(*grad_inputs)
         return _step_terms(terms, self.adam(m, v, theta, scalars, grads))
 
@@ -226,8 +236,8 @@ class PPO(ActorCriticAgent):
             data["adv"] = self._normalized(data["adv"])
         for _ in range(cfg.update_epochs):
             epochs_run += 1
-            for mb in [data] if whole else self._minibatches(data, n):
-                terms, approx_kl = self.minibatch_step(mb, coefs, old_params)
+            for idx in [None] if whole else minibatch_indices(n, cfg.batch_size, self.device):
+                terms, approx_kl = self.minibatch_step(data, idx, coefs, old_params)
                 sums += terms
                 steps += 1
                 if approx_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
@@ -255,10 +265,11 @@ class PPO(ActorCriticAgent):
         return metrics
 
     def _autograd_step(
-        self, mb: dict[str, Tensor], coefs: tuple, old_params: dict[str, Tensor] | None
+        self, data: dict[str, Tensor], idx: Tensor | None, coefs: tuple, old_params: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor | None]:
-        """One clipped Adam step on the minibatch loss, by autograd: ``([policy loss, value loss,
-        entropy, grad norm], approx KL or None)``."""
+        """One clipped Adam step on the loss of minibatch ``idx`` of ``data`` (None: all of it), by
+        autograd: ``([policy loss, value loss, entropy, grad norm], approx KL or None)``."""
+        mb = data if idx is None else self._minibatch(data, idx)
         loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
         for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
             p.grad = None
@@ -295,7 +306,9 @@ class PPO(ActorCriticAgent):
         return loss, torch.stack([pg_loss.detach(), v_loss.detach(), entropy.detach()]), self._approx_kl(ratio, log_ratio)
 
     @torch.no_grad()
-    def _closed_form_step(self, mb: dict[str, Tensor], coefs: tuple, old_params: None) -> tuple[Tensor, Tensor | None]:
+    def _closed_form_step(
+        self, data: dict[str, Tensor], idx: Tensor | None, coefs: tuple, old_params: None
+    ) -> tuple[Tensor, Tensor | None]:
         """``_autograd_step`` with the gradient written out by ``core.backprop``: ``ClosedFormStep``,
         traced once per minibatch size and set of loss coefficients."""
         cfg, optimizer = self.config, self.optimizers["policy"]
@@ -303,30 +316,38 @@ class PPO(ActorCriticAgent):
         if self._clip_range[0] != (clip, cfg.objective):  # (1 - c, 1 + c, clip), rounded from floats as the loss rounds them
             outer = clip if cfg.objective == "clip" else math.inf
             self._clip_range = ((clip, cfg.objective), torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
-        inputs = (mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1])
         adam = optimizer.flat_step()
         if adam is None:  # parameters that stepped apart (a checkpoint's optimizer state): Adam's own step
-            terms, *grads = ClosedFormGrad(self.policy, cfg)(*inputs)
+            mb = data if idx is None else self._minibatch(data, idx)
+            terms, *grads = ClosedFormGrad(self.policy, cfg)(*self._grad_inputs(mb))
             for p, g in zip(self.params, grads):
                 p.grad = g
             out = _step_terms(terms, self.apply_gradients())
         else:
             # the trace holds 1/B and the config's coefficients as constants: one per minibatch size and
             # coefficients (a callback may change ent_coef, say, between updates)
-            key = (mb["obs"].shape[0], cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm, cfg.clip_vloss, cfg.target_kl is None)
+            gather = idx is not None
+            inputs = (*self._grad_inputs(data), *([idx] if gather else []))
+            size = idx.shape[0] if gather else data["obs"].shape[0]
+            coefficients = (cfg.norm_adv, cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm, cfg.clip_vloss, cfg.target_kl is None)
+            key = (size, data["obs"].shape[0], gather, *coefficients)
             if key not in self._traced_steps:  # traced on copies of what the step changes: tracing runs it once
                 max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
-                step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm))
+                norm_adv = cfg.norm_adv and size > 1
+                step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm), gather, norm_adv)
                 self._traced_steps[key] = trace(step, (*inputs, *[x.clone() for x in adam]))
             out = self._traced_steps[key](*inputs, *adam)
         return out[:4], out[4] if cfg.target_kl is not None else None
 
-    def _minibatches(self, data: dict[str, Tensor], n: int) -> Iterator[dict[str, Tensor]]:
-        """One epoch of shuffled minibatches of ``data``, each with its advantages normalized."""
-        for idx in minibatch_indices(n, self.config.batch_size, self.device):
-            mb = {k: v[idx] for k, v in data.items()}
-            mb["adv"] = self._normalized(mb["adv"])
-            yield mb
+    def _grad_inputs(self, mb: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        """``ClosedFormGrad``'s inputs from a minibatch (or the whole batch)."""
+        return mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1]
+
+    def _minibatch(self, data: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
+        """The rows ``idx`` of ``data``, with their advantages normalized."""
+        mb = {k: v[idx] for k, v in data.items()}
+        mb["adv"] = self._normalized(mb["adv"])
+        return mb
 
     def _normalized(self, adv: Tensor) -> Tensor:
         """A minibatch's advantages, normalized to mean 0 and std 1 with ``norm_adv``."""
