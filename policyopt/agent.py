@@ -194,9 +194,9 @@ class Agent:
 
     def to_env(self, action: Tensor) -> np.ndarray:
         """Actions as the env takes them: integers, or floats clipped to the Box bounds."""
-        out = action.detach().cpu().numpy()
+        out = action.numpy(force=True)  # detached, on the host
         if self.discrete:
-            return out.astype(np.int64)
+            return out.astype(np.int64, copy=False)
         return np.clip(out, self.action_space.low, self.action_space.high).reshape(-1, *self.action_space.shape)
 
     # --- user API -------------------------------------------------------------------------

@@ -151,7 +151,7 @@ class ClosedFormStep(torch.nn.Module):
         *grad_inputs, m, v, theta, scalars = inputs
         if self.gather:
             *fields, clip_range, idx = grad_inputs
-            fields = [x[idx] for x in fields]
+            fields = [x.index_select(0, idx) for x in fields]
             if self.norm_adv:
                 fields[3] = standardize(fields[3])
             grad_inputs = [*fields, clip_range]
@@ -345,7 +345,7 @@ class PPO(ActorCriticAgent):
 
     def _minibatch(self, data: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
         """The rows ``idx`` of ``data``, with their advantages normalized."""
-        mb = {k: v[idx] for k, v in data.items()}
+        mb = {k: v.index_select(0, idx) for k, v in data.items()}
         mb["adv"] = self._normalized(mb["adv"])
         return mb
 

@@ -18,6 +18,7 @@ import difflib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import gymnasium as gym
@@ -276,7 +277,7 @@ class Step:
     truncated: np.ndarray | torch.Tensor
     final_obs: np.ndarray | torch.Tensor
 
-    @property
+    @cached_property
     def done(self) -> np.ndarray | torch.Tensor:
         return self.terminated | self.truncated
 
