@@ -348,35 +348,34 @@ class ActorCriticConfig(EnvConfig):
 
 
 class SampleStep(nn.Module):
-    """``(a, log pi(a|s))`` with ``a ~ pi(.|s)``, for ``ActorCriticAgent.act``."""
+    """``(a, log pi(a|s), V(s))`` with ``a ~ pi(.|s)``, for ``ActorCriticAgent.act``."""
 
     def __init__(self, policy: nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        dist = self.policy.dist(obs)
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dist, value = self.policy.dist_and_value(obs)
         action = dist.sample()
-        return action, dist.log_prob(action)
+        return action, dist.log_prob(action), value
 
 
 class ActorCriticAgent(Agent):
     """Base of the on-policy agents whose ``build()`` sets ``self.policy``, a
     ``core.nets.ActorCritic``: acting samples a ~ pi(.|s) (the mode when deterministic) and
-    records log pi(a|s) for the update; ``value`` gives V(s), which the runner evaluates once
-    per rollout, for all its observations in one batch (``loops.OnPolicyRunner.collect``)."""
+    records log pi(a|s) and V(s) for the update; ``value`` bootstraps from the critic."""
 
     policy: nn.Module
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         if deterministic:
-            dist = self.policy.dist(obs)
+            dist, value = self.policy.dist_and_value(obs)
             action = dist.mode()
-            return action, {"logp": dist.log_prob(action)}
-        action, logp = self._sample_step(obs)(obs)
-        return action, {"logp": logp}
+            return action, {"logp": dist.log_prob(action), "value": value}
+        action, logp, value = self._sample_step(obs)(obs)
+        return action, {"logp": logp, "value": value}
 
-    def _sample_step(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    def _sample_step(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
         """``SampleStep``, traced (``runtime.trace``: the same draws and bits, about 40% less time
         for the 8-env batches of a rollout) per input shape for the policies ``core.backprop``
         covers (MLP actor-critics with a Categorical or Gaussian head, whose forward pass has no

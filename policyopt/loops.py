@@ -301,13 +301,7 @@ class OnPolicyRunner:
             obs = next_obs
             agent.global_step += len(done)
         self.obs = obs
-        n = buf.num_envs
-        if "value" in buf:  # the agent's act recorded V(s_t)
-            last_value = agent.value(obs)
-        else:  # V(s_t) of every step and V(s_T) of the last observation, in one batch
-            values = agent.value(torch.cat([buf["obs"].flatten(0, 1), obs]))
-            buf["value"], last_value = values[:-n].view(buf.num_steps, n), values[-n:]
-        buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
+        buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
         return buf
 
     def truncation_values(self, step: Step) -> Tensor:
