@@ -269,7 +269,7 @@ class PPO(ActorCriticAgent):
     ) -> tuple[Tensor, Tensor | None]:
         """One clipped Adam step on the loss of minibatch ``idx`` of ``data`` (None: all of it), by
         autograd: ``([policy loss, value loss, entropy, grad norm], approx KL or None)``."""
-        mb = data if idx is None else self._minibatch(data, idx)
+        mb = self._minibatch(data, idx)
         loss, terms, approx_kl = self.minibatch_loss(mb, coefs, old_params)
         for p in self.params:  # optimizer.zero_grad(set_to_none=True), minus its profiler hook
             p.grad = None
@@ -318,7 +318,7 @@ class PPO(ActorCriticAgent):
             self._clip_range = ((clip, cfg.objective), torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
         adam = optimizer.flat_step()
         if adam is None:  # parameters that stepped apart (a checkpoint's optimizer state): Adam's own step
-            mb = data if idx is None else self._minibatch(data, idx)
+            mb = self._minibatch(data, idx)
             terms, *grads = ClosedFormGrad(self.policy, cfg)(*self._grad_inputs(mb))
             for p, g in zip(self.params, grads):
                 p.grad = g
@@ -343,8 +343,11 @@ class PPO(ActorCriticAgent):
         """``ClosedFormGrad``'s inputs from a minibatch (or the whole batch)."""
         return mb["obs"], mb["action"], mb["logp"], mb["adv"], mb["v_target"], mb["value"], self._clip_range[1]
 
-    def _minibatch(self, data: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
-        """The rows ``idx`` of ``data``, with their advantages normalized."""
+    def _minibatch(self, data: dict[str, Tensor], idx: Tensor | None) -> dict[str, Tensor]:
+        """The rows ``idx`` of ``data``, with their advantages normalized; ``data`` itself for
+        ``idx=None`` (the whole batch, normalized once per update)."""
+        if idx is None:
+            return data
         mb = {k: v.index_select(0, idx) for k, v in data.items()}
         mb["adv"] = self._normalized(mb["adv"])
         return mb
