@@ -38,7 +38,15 @@ from policyopt.core.backprop import unsupported
 from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
-from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
+from policyopt.envs.vector import (
+    HOST_BACKENDS,
+    EnvError,
+    EnvLike,
+    EnvSpaces,
+    check_env_id,
+    env_spaces,
+    make_env,
+)
 from policyopt.runtime import record, trace
 
 
@@ -71,7 +79,73 @@ def set_rng_state(np_rng: np.random.Generator, state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-class Agent:
+class AgentBase:
+    """What deep (``Agent``) and tabular (``TabularAgent``) agents share on top of their own
+    ``state_dict``/``from_state``: training by ``loops.train`` (model-free tabular agents as deep
+    ones; dynamic programming has a ``learn`` of its own), one-file checkpoints and the best
+    model of a periodic evaluation (``learn(eval_every=...)`` keeps ``self.best``: step,
+    return and state)."""
+
+    best: dict[str, Any] | None
+    suggested_steps: int | None
+    global_step: int
+    schedule: tuple[int, int]
+    runner: Any
+
+    def learn(
+        self,
+        total_steps: int | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        checkpoint_every: int | None = None,
+        callback: Any = None,
+        eval_every: int = 0,
+        eval_episodes: int = 10,
+    ) -> AgentBase:
+        """Train for ``total_steps`` more environment steps (the preset's budget if omitted).
+
+        ``callback(agent, metrics)`` runs after every logged row; returning False stops training.
+        ``eval_every > 0`` evaluates the greedy policy on ``eval_episodes`` episodes every that many
+        steps and at the end, logs ``eval/return``, and keeps the best policy seen
+        (``best_model()``; ``best_model.pt`` in ``run_dir``), as ``loops.PeriodicEval`` describes.
+        """
+        from policyopt.loops import train
+
+        steps = total_steps if total_steps is not None else self.suggested_steps
+        if steps is None:
+            raise ConfigError("learn() needs total_steps (this env has no preset budget)")
+        if steps <= 0:
+            raise ConfigError(f"total_steps must be > 0, got {steps}")
+        self.schedule = (self.global_step, self.global_step + int(steps))
+        train(
+            self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback,
+            eval_every=eval_every, eval_episodes=eval_episodes,
+        )
+        return self
+
+    def close(self) -> None:
+        """Release what training holds (envs, Ray rollout workers); a later ``learn`` starts afresh."""
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the agent (its ``state_dict``: networks or tables, optimizers, counters, config,
+        RNG) to one checkpoint file."""
+        path = Path(path)
+        checkpoint.save(path, {"agent": self.state_dict()})
+        return path
+
+    def best_model(self) -> Any:
+        """A new agent restored from the best periodic evaluation of ``learn(eval_every=...)``
+        (networks, tables and normalizers as they were then); None if no evaluation has run."""
+        if self.best is None:
+            return None
+        return type(self).from_state(self.best["state"], env=self.env, device=self.device)
+
+
+class Agent(AgentBase):
     """Base of every deep RL algorithm; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
@@ -200,51 +274,6 @@ class Agent:
         return np.clip(out, self.action_space.low, self.action_space.high).reshape(-1, *self.action_space.shape)
 
     # --- user API -------------------------------------------------------------------------
-    def learn(
-        self,
-        total_steps: int | None = None,
-        *,
-        run_dir: str | Path | None = None,
-        progress: bool = True,
-        checkpoint_every: int | None = None,
-        callback: Any = None,
-        eval_every: int = 0,
-        eval_episodes: int = 10,
-    ) -> Agent:
-        """Train for ``total_steps`` more environment steps (the preset's budget if omitted).
-
-        ``callback(agent, metrics)`` runs after every logged row; returning False stops training.
-        ``eval_every > 0`` evaluates the greedy policy on ``eval_episodes`` episodes every that many
-        steps and at the end, logs ``eval/return``, and keeps the best policy seen
-        (``best_model()``; ``best_model.pt`` in ``run_dir``), as ``loops.PeriodicEval`` describes.
-        """
-        from policyopt.loops import train
-
-        steps = total_steps if total_steps is not None else self.suggested_steps
-        if steps is None:
-            raise ConfigError("learn() needs total_steps (this env has no preset budget)")
-        if steps <= 0:
-            raise ConfigError(f"total_steps must be > 0, got {steps}")
-        self.schedule = (self.global_step, self.global_step + int(steps))
-        train(
-            self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback,
-            eval_every=eval_every, eval_episodes=eval_episodes,
-        )
-        return self
-
-    def best_model(self) -> Agent | None:
-        """A new agent restored from the best periodic evaluation of ``learn(eval_every=...)``
-        (networks and normalizers as they were then); None if no evaluation has run."""
-        if self.best is None:
-            return None
-        return type(self).from_state(self.best["state"], env=self.env, device=self.device)
-
-    def close(self) -> None:
-        """Release what training holds (envs, Ray rollout workers); a later ``learn`` starts afresh."""
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
-
     def _obs_tensor(self, obs: Any) -> Tensor:
         arr = np.asarray(obs)
         if self.spaces.discrete_obs:
@@ -322,12 +351,6 @@ class Agent:
         agent.suggested_steps = None
         agent._setup(env, config, seed, device, spaces)
         return agent
-
-    def save(self, path: str | Path) -> Path:
-        """Write the agent (networks, optimizers, normalizers, counters, config) to one file."""
-        path = Path(path)
-        checkpoint.save(path, {"agent": self.state_dict()})
-        return path
 
     @classmethod
     def load(cls, path: str | Path, *, env: EnvLike | None = None, device: str | torch.device = "cpu") -> Agent:

@@ -149,8 +149,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
     else:
         cls = registry.get_algorithm(args.algo)
-        if args.eval_every and cls.loop == "tabular":
-            raise ConfigError(f"--eval-every needs a deep algorithm; {cls.name} is tabular")
+        solver = getattr(cls, "solves_to_convergence", False)  # DP: --steps caps the iterations
+        if args.eval_every and solver:
+            raise ConfigError(f"--eval-every needs an algorithm that learns from env steps; {cls.name} solves the env's model")
         env_id = args.env or DEFAULT_ENV
         overrides: dict[str, Any] = {}
         if args.config:
@@ -165,7 +166,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.steps is not None and args.steps <= 0:
             raise ConfigError(f"--steps must be > 0, got {args.steps}")
         agent = cls(env_id, seed=args.seed, device=args.device, preset=not args.no_preset, config=overrides)
-        solver = getattr(cls, "solves_to_convergence", False)  # DP: --steps caps the iterations
         steps = args.steps or agent.suggested_steps or (None if solver else FALLBACK_STEPS)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(env_id, cls.name, args.seed)
         budget = "until converged" if steps is None else f"for {steps} {'iterations' if solver else 'steps'}"

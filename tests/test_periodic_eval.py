@@ -6,6 +6,7 @@ import torch
 
 from policyopt.algos.dqn import DQN
 from policyopt.algos.ppo import PPO
+from policyopt.algos.tabular.agents import QLearning
 from policyopt.cli import main
 from policyopt.config import ConfigError
 from policyopt.loops import PeriodicEval, resume
@@ -87,5 +88,28 @@ def test_cli_eval_every_and_eval_best(tmp_path, capsys):
     (run / "best_model.pt").unlink()
     assert main(["eval", str(run), "--best"]) == 2
     assert "no best_model.pt" in capsys.readouterr().err
-    assert main(["train", "q-learning", "--env", "FrozenLake-v1", "--eval-every", "100", "--no-progress"]) == 2
-    assert "tabular" in capsys.readouterr().err
+    assert main(["train", "value-iteration", "--env", "FrozenLake-v1", "--eval-every", "100", "--no-progress"]) == 2
+    assert "value-iteration solves the env's model" in capsys.readouterr().err
+
+
+def test_tabular_model_free_agents_keep_their_best_policy(tmp_path, capsys):
+    """Q-learning with periodic evaluation: the same tables as without it, and the best greedy
+    policy kept, in memory and in best_model.pt (also through the CLI)."""
+    plain = QLearning("FrozenLake-v1", seed=0).learn(6000, progress=False)
+    agent = QLearning("FrozenLake-v1", seed=0).learn(6000, run_dir=tmp_path / "lib", progress=False, eval_every=1000, eval_episodes=20)
+    assert np.array_equal(plain.q, agent.q)
+
+    rows = eval_rows(tmp_path / "lib")
+    assert [step for step, _ in rows] == [1000, 2000, 3000, 4000, 5000, 6000]
+    returns = [ret for _, ret in rows]
+    assert len(set(returns)) > 1, "a test of choosing the best needs evaluations that differ"
+    assert agent.best["return"] == max(returns)
+    for best in (agent.best_model(), QLearning.load(tmp_path / "lib" / "best_model.pt")):
+        assert best.global_step == agent.best["step"]
+        assert np.mean(best.evaluate(20, seed=agent.seed + PeriodicEval.SEED_OFFSET)) == agent.best["return"]
+
+    run = tmp_path / "cli"
+    args = ["train", "q-learning", "--env", "FrozenLake-v1", "--steps", "2000", "--eval-every", "1000"]
+    assert main([*args, "--run-dir", str(run), "--no-progress", "--eval-episodes", "0"]) == 0
+    assert "best model: step " in capsys.readouterr().out
+    assert main(["eval", str(run), "--best", "--episodes", "2"]) == 0

@@ -250,23 +250,6 @@ class ModelFreeAgent(TabularAgent):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.next_action = state["next_action"]
 
-    def learn(
-        self,
-        total_steps: int | None = None,
-        *,
-        run_dir: str | Path | None = None,
-        progress: bool = True,
-        checkpoint_every: int | None = None,
-        callback: Any = None,
-    ) -> ModelFreeAgent:
-        """Train for ``total_steps`` more env steps (the preset's budget if omitted)."""
-        from policyopt.loops import train
-
-        steps = self._budget(total_steps)
-        self.schedule = (self.global_step, self.global_step + steps)
-        train(self, run_dir=run_dir, progress=progress, checkpoint_every=checkpoint_every, callback=callback)
-        return self
-
 
 class SARSA(ModelFreeAgent):
     """SARSA: on-policy TD control (Rummery & Niranjan 1994; S&B section 6.4)."""

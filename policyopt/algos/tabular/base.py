@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from policyopt import checkpoint, loops
-from policyopt.agent import resolve_config, rng_state, seed_everything, set_rng_state
+from policyopt.agent import AgentBase, resolve_config, rng_state, seed_everything, set_rng_state
 from policyopt.algos.tabular.mdp import from_env
 from policyopt.algos.tabular.plot import grid_layout, plot_values
 from policyopt.config import ConfigError, build_config, preset, to_json
@@ -54,7 +54,7 @@ def _has_time_limit(env: gym.Env) -> bool:
     return False
 
 
-class TabularAgent:
+class TabularAgent(AgentBase):
     """Base of the tabular algorithms; subclasses fill in ``build``, the tables and ``learn``."""
 
     name: ClassVar[str] = ""
@@ -90,6 +90,7 @@ class TabularAgent:
         self.num_updates = 0
         self.schedule = (0, 0)
         self.runner = None
+        self.best = None  # best periodic evaluation (model-free agents' learn(eval_every=...))
         probe = self.make_env()
         try:
             obs_space, action_space = probe.observation_space, probe.action_space
@@ -131,9 +132,6 @@ class TabularAgent:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def learn(self, total_steps: int | None = None, **kwargs: Any) -> TabularAgent:
-        raise NotImplementedError
-
     # --- envs -------------------------------------------------------------------------------
     def make_env(self, render_mode: str | None = None) -> gym.Env:
         """A fresh env with integer observations, time-limited (see ``TabularConfig``)."""
@@ -152,21 +150,7 @@ class TabularAgent:
     def make_eval_env(self, render_mode: str | None = None) -> gym.Env:
         return self.make_env(render_mode)
 
-    def close(self) -> None:
-        """Release the training env; a later ``learn`` starts a fresh episode."""
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
-
     # --- user API ---------------------------------------------------------------------------
-    def _budget(self, total_steps: int | None) -> int:
-        steps = total_steps if total_steps is not None else self.suggested_steps
-        if steps is None:
-            raise ConfigError("learn() needs total_steps (this env has no preset budget)")
-        if steps <= 0:
-            raise ConfigError(f"total_steps must be > 0, got {steps}")
-        return int(steps)
-
     def predict(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """Action(s) for integer state(s): one state in, one action out; a batch in, a batch out."""
         states = np.asarray(obs, dtype=np.int64)
@@ -237,12 +221,6 @@ class TabularAgent:
         agent._setup(env, build_config(cls.Config, json.loads(state["config"])), state["seed"])
         agent.load_state_dict(state)
         return agent
-
-    def save(self, path: str | Path) -> Path:
-        """Write the agent (tables, counters, config, RNG) to one checkpoint file."""
-        path = Path(path)
-        checkpoint.save(path, {"agent": self.state_dict()})
-        return path
 
     @classmethod
     def load(cls, path: str | Path, *, env: EnvLike | None = None, device: str | torch.device = "cpu") -> TabularAgent:
