@@ -371,13 +371,18 @@ class ActorCriticConfig(EnvConfig):
 
 
 class SampleStep(nn.Module):
-    """``(a, log pi(a|s), V(s))`` with ``a ~ pi(.|s)``, for ``ActorCriticAgent.act``."""
+    """``(a, log pi(a|s), V(s))`` with ``a ~ pi(.|s)``, for ``ActorCriticAgent.act``; without
+    ``V(s)`` for ``ActorCriticAgent.sample`` (``value=False``)."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, value: bool = True):
         super().__init__()
-        self.policy = policy
+        self.policy, self.value = policy, value
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, obs: Tensor) -> tuple[Tensor, ...]:
+        if not self.value:
+            dist = self.policy.dist(obs)
+            action = dist.sample()
+            return action, dist.log_prob(action)
         dist, value = self.policy.dist_and_value(obs)
         action = dist.sample()
         return action, dist.log_prob(action), value
@@ -386,7 +391,8 @@ class SampleStep(nn.Module):
 class ActorCriticAgent(Agent):
     """Base of the on-policy agents whose ``build()`` sets ``self.policy``, a
     ``core.nets.ActorCritic``: acting samples a ~ pi(.|s) (the mode when deterministic) and
-    records log pi(a|s) and V(s) for the update; ``value`` bootstraps from the critic."""
+    records log pi(a|s) and V(s) for the update (``sample``: without V(s), which a runner may
+    evaluate for a whole rollout at once); ``value`` bootstraps from the critic."""
 
     policy: nn.Module
 
@@ -398,17 +404,23 @@ class ActorCriticAgent(Agent):
         action, logp, value = self._sample_step(obs)(obs)
         return action, {"logp": logp, "value": value}
 
-    def _sample_step(self, obs: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    def sample(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``act(obs)`` without ``V(s)`` in the extras (the same action and ``log pi(a|s)``), for a
+        runner that evaluates the critic once per rollout (``loops.OnPolicyRunner``)."""
+        action, logp = self._sample_step(obs, value=False)(obs)
+        return action, {"logp": logp}
+
+    def _sample_step(self, obs: Tensor, value: bool = True) -> Callable[[Tensor], tuple[Tensor, ...]]:
         """``SampleStep``, traced (``runtime.trace``: the same draws and bits, about 40% less time
         for the 8-env batches of a rollout) per input shape for the policies ``core.backprop``
         covers (MLP actor-critics with a Categorical or Gaussian head, whose forward pass has no
         state or branch a trace could miss); as it is for other policies or with autograd on."""
         if torch.is_grad_enabled():
-            return SampleStep(self.policy)
+            return SampleStep(self.policy, value)
         traces = self.__dict__.setdefault("_sample_traces", {})
-        key = (obs.shape, obs.dtype, obs.device)
+        key = (obs.shape, obs.dtype, obs.device, value)
         if key not in traces or traces[key][0] is not self.policy:
-            step = SampleStep(self.policy)
+            step = SampleStep(self.policy, value)
             traces[key] = (self.policy, trace(step, (obs,)) if unsupported(self.policy) is None else step)
         return traces[key][1]
 

@@ -275,6 +275,10 @@ class OnPolicyRunner:
         )
         self.obs: Tensor | None = None  # normalized current observation, set by the first collect()
         self._zeros: Tensor | None = None  # the final values of a step where no episode was truncated
+        # V(s_t) of a rollout in one batch at its end (``batch_values``), where the agent can act
+        # without it (``sample``) and the batch gives the critic's per-step values bit for bit:
+        # None until the first rollout has told (kernels round by shape, not by value)
+        self.batch_values: bool | None = None if callable(getattr(agent, "sample", None)) else False
 
     @torch.no_grad()
     def collect(self) -> RolloutBuffer:
@@ -284,8 +288,9 @@ class OnPolicyRunner:
         if self.obs is None:  # first rollout: the reset observation enters the normalizer once
             self.obs = agent.normalize(_tensor(self.collector.raw_obs, device), update=True)
         obs = self.obs
+        act = agent.sample if self.batch_values else agent.act
         for _ in range(buf.num_steps):
-            action, extras = agent.act(obs)
+            action, extras = act(obs)
             step = self.collector.step(self.collector.env_action(action))
             reward, done = step.reward, step.done  # NumPy arrays (tensors from device envs), stacked by buf
             if self.reward_scaler is not None:
@@ -301,8 +306,27 @@ class OnPolicyRunner:
             obs = next_obs
             agent.global_step += len(done)
         self.obs = obs
-        buf["next_value"] = next_values_from(buf["value"], agent.value(obs), buf["done"], buf["final_value"])
+        last_value = self.rollout_values(buf, obs)
+        buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
         return buf
+
+    def rollout_values(self, buf: RolloutBuffer, obs: Tensor) -> Tensor:
+        """V(s_T) of the observation after the rollout; with ``batch_values``, also V(s_t) of every
+        step, into ``buf["value"]``, from the same batch. A rollout that recorded its values per
+        step while ``batch_values`` is undecided decides it: True where the batch gave those
+        values bit for bit (8 CartPole envs here; not 2)."""
+        agent = self.agent
+        if self.batch_values is False:
+            return agent.value(obs)
+        n = buf.num_envs
+        values = agent.value(torch.cat([buf["obs"].flatten(0, 1), obs]))
+        steps, last = values[:-n].view(buf.num_steps, n), values[-n:]
+        if self.batch_values:
+            buf["value"] = steps
+            return last
+        last_value = agent.value(obs)
+        self.batch_values = "value" in buf and torch.equal(steps, buf["value"]) and torch.equal(last, last_value)
+        return last_value
 
     def truncation_values(self, step: Step) -> Tensor:
         """V(final_obs) where the time limit cut an episode (bootstrapped there), 0 elsewhere."""

@@ -259,3 +259,29 @@ def test_ppo_steps_through_adams_own_path_where_parameters_step_apart(monkeypatc
     monkeypatch.setattr(FlatAdam, "_build", build_apart)
     apart = run()
     assert all(torch.equal(flat[k], apart[k]) for k in flat)
+
+
+@pytest.mark.parametrize("algo,num_envs,batched", [("ppo", 8, True), ("a2c", 8, True), ("ppo", 2, False)])
+def test_rollout_values_in_one_batch_change_nothing(monkeypatch, algo, num_envs, batched):
+    """Where the first rollout shows that the critic gives its per-step values bit for bit in
+    one batch (8 CartPole envs here; not 2), later rollouts act without it and evaluate it once
+    per rollout: the same run as with values recorded per step."""
+    from policyopt.loops import OnPolicyRunner
+
+    def run():
+        agent = get_algorithm(algo)("CartPole-v1", seed=1, num_envs=num_envs, num_steps=256 // num_envs)
+        agent.learn(256 * 6, progress=False)
+        return agent.runner.batch_values, agent.nets.state_dict()
+
+    decided, fast = run()
+    assert decided is batched
+    per_step = OnPolicyRunner.__init__
+
+    def without_batch(self, *args, **kwargs):
+        per_step(self, *args, **kwargs)
+        self.batch_values = False
+
+    monkeypatch.setattr(OnPolicyRunner, "__init__", without_batch)
+    decided, slow = run()
+    assert decided is False
+    assert all(torch.equal(fast[k], slow[k]) for k in fast)
