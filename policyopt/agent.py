@@ -38,15 +38,7 @@ from policyopt.core.backprop import unsupported
 from policyopt.core.nets import ACTIVATIONS, POLICIES
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
-from policyopt.envs.vector import (
-    HOST_BACKENDS,
-    EnvError,
-    EnvLike,
-    EnvSpaces,
-    check_env_id,
-    env_spaces,
-    make_env,
-)
+from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
 from policyopt.runtime import record, trace
 
 
