@@ -306,11 +306,11 @@ def summarize(rows: list[dict], args) -> str:
             lines.append(f"time-to-threshold ratio policyopt / sb3: **{np.mean(t_ours) / np.mean(t_peer):.2f}** (lower is better)")
     if "policyopt" in by_lib:
         ours = by_lib["policyopt"]
-        fractions = ", ".join(f"{r['sps'] / r['raw_sps']:.0%}" for r in ours)
+        fractions = ", ".join(f"{r['sps'] / r['raw_sps']:.1%}" for r in ours)
         lines.append("")
         lines.append(
             f"policyopt training steps/s as a fraction of its raw env steps/s (each seed against the raw env "
-            f"measured in its own process): **{np.mean([r['sps'] / r['raw_sps'] for r in ours]):.0%}** (per seed: {fractions})"
+            f"measured in its own process): **{np.mean([r['sps'] / r['raw_sps'] for r in ours]):.1%}** (per seed: {fractions})"
         )
     return "\n".join(lines)
 
