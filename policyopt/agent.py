@@ -371,13 +371,10 @@ class SampleStep(nn.Module):
         self.policy, self.value = policy, value
 
     def forward(self, obs: Tensor) -> tuple[Tensor, ...]:
-        if not self.value:
-            dist = self.policy.dist(obs)
-            action = dist.sample()
-            return action, dist.log_prob(action)
-        dist, value = self.policy.dist_and_value(obs)
+        dist, value = self.policy.dist_and_value(obs) if self.value else (self.policy.dist(obs), None)
         action = dist.sample()
-        return action, dist.log_prob(action), value
+        out = (action, dist.log_prob(action))
+        return (*out, value) if self.value else out
 
 
 class ActorCriticAgent(Agent):
