@@ -60,6 +60,13 @@ def test_gradient_equals_autograd(space, hidden, activation, clip_vloss, ent_coe
         vl, dvalue = value_loss_with_grad(fp.value, mb["v_target"], mb["value"], vclip)
         assert torch.equal(pg + vf_coef * vl - ent_coef * fp.entropy.mean(), loss.detach())
         grads = fp.grads(dlogp, -ent_coef / B, vf_coef * dvalue)
+        # written into views of one flat gradient (as the traced PPO step does): the same bits, in place
+        params = list(policy.parameters())
+        flat = torch.full((sum(p.numel() for p in params),), float("nan"))
+        views = {p: part.view_as(p) for p, part in zip(params, flat.split([p.numel() for p in params]))}
+        into = fp.grads(dlogp, -ent_coef / B, vf_coef * dvalue, out=views)
+    assert torch.equal(flat, torch.cat([grads[p].reshape(-1) for p in params]))
+    assert all(into[p] is views[p] for p in params)
 
     assert len(grads) == len(expected)
     for p, g in zip(policy.parameters(), expected):

@@ -103,16 +103,25 @@ def adapt_kl_coef(kl_coef: float, kl: float, kl_target: float) -> float:
 class ClosedFormGrad(torch.nn.Module):
     """PPO's minibatch loss terms and their gradient in every parameter of ``policy``, from
     ``core.backprop``: ``forward`` returns ``[policy loss, value loss, entropy(, approx KL)]``
-    followed by the gradients in ``policy.parameters()`` order. A module, so that ``trace``
-    reads the parameters as live attributes; ``clip_range = [1 - c, 1 + c, c]`` is an input, so
-    that an annealed clip range needs no new trace."""
+    followed by the gradients in ``policy.parameters()`` order (written into ``grad_out``, a
+    tensor per parameter, where given). A module, so that ``trace`` reads the parameters as
+    live attributes; ``clip_range = [1 - c, 1 + c, c]`` is an input, so that an annealed clip
+    range needs no new trace."""
 
     def __init__(self, policy: ActorCritic, cfg: PPOConfig):
         super().__init__()
         self.policy, self.cfg = policy, cfg
 
     def forward(
-        self, obs: Tensor, action: Tensor, logp_old: Tensor, adv: Tensor, v_target: Tensor, value_old: Tensor, clip_range: Tensor
+        self,
+        obs: Tensor,
+        action: Tensor,
+        logp_old: Tensor,
+        adv: Tensor,
+        v_target: Tensor,
+        value_old: Tensor,
+        clip_range: Tensor,
+        *grad_out: Tensor,
     ) -> tuple[Tensor, ...]:
         cfg = self.cfg
         fp = ForwardPass(self.policy, obs, action)
@@ -120,7 +129,8 @@ class ClosedFormGrad(torch.nn.Module):
         ratio = log_ratio.exp()
         pg_loss, dlogp = clipped_surrogate_with_grad(ratio, adv, clip_range[0], clip_range[1])
         v_loss, dvalue = value_loss_with_grad(fp.value, v_target, value_old, clip_range[2] if cfg.clip_vloss else None)
-        grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue)
+        out = dict(zip(self.policy.parameters(), grad_out, strict=True)) if grad_out else None
+        grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue, out)
         terms = [pg_loss, v_loss, fp.entropy.mean()]
         if cfg.target_kl is not None:
             terms.append(approx_kl(ratio, log_ratio))
@@ -136,7 +146,8 @@ def _step_terms(terms: Tensor, grad_norm: Tensor) -> Tensor:
 class ClosedFormStep(torch.nn.Module):
     """A minibatch step without autograd: ``ClosedFormGrad``'s gradient, then the clipped Adam
     step of ``FlatAdam.kernel`` on it, in one graph for ``trace``. Takes ``ClosedFormGrad``'s
-    inputs, then the kernel's (``FlatAdam.flat_step``); returns
+    inputs, then the kernel's (``FlatAdam.flat_step``), then the flat gradient and its view per
+    parameter (``FlatAdam.grad_buffer``), which the gradient kernels write; returns
     ``[policy loss, value loss, entropy, grad norm(, approx KL)]``.
 
     With ``gather``, the six per-sample inputs are the whole batch's and one more input follows
@@ -146,17 +157,19 @@ class ClosedFormStep(torch.nn.Module):
     def __init__(self, grad: ClosedFormGrad, adam: torch.nn.Module, gather: bool = False, norm_adv: bool = False):
         super().__init__()
         self.grad, self.adam, self.gather, self.norm_adv = grad, adam, gather, norm_adv
+        self.num_params = len(list(grad.policy.parameters()))
 
     def forward(self, *inputs: Any) -> Tensor:
-        *grad_inputs, m, v, theta, scalars = inputs
+        *grad_inputs, m, v, theta, scalars, flat_grad = inputs[: -self.num_params]
+        grad_out = inputs[-self.num_params :]
         if self.gather:
             *fields, clip_range, idx = grad_inputs
             fields = [x.index_select(0, idx) for x in fields]
             if self.norm_adv:
                 fields[3] = standardize(fields[3])
             grad_inputs = [*fields, clip_range]
-        terms, *grads = self.grad(*grad_inputs)
-        return _step_terms(terms, self.adam(m, v, theta, scalars, grads))
+        terms, *grads = self.grad(*grad_inputs, *grad_out)
+        return _step_terms(terms, self.adam(m, v, theta, scalars, grads, flat_grad))
 
 
 class PPO(ActorCriticAgent):
@@ -328,6 +341,8 @@ class PPO(ActorCriticAgent):
             # coefficients (a callback may change ent_coef, say, between updates)
             gather = idx is not None
             inputs = (*self._grad_inputs(data), *([idx] if gather else []))
+            flat_grad, grad_views = optimizer.grad_buffer()
+            buffers = (*adam, flat_grad, *grad_views)  # what the step writes
             size = idx.shape[0] if gather else data["obs"].shape[0]
             coefficients = (cfg.norm_adv, cfg.ent_coef, cfg.vf_coef, cfg.max_grad_norm, cfg.clip_vloss, cfg.target_kl is None)
             key = (size, data["obs"].shape[0], gather, *coefficients)
@@ -335,8 +350,8 @@ class PPO(ActorCriticAgent):
                 max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
                 norm_adv = cfg.norm_adv and size > 1
                 step = ClosedFormStep(ClosedFormGrad(self.policy, cfg), optimizer.kernel(max_norm), gather, norm_adv)
-                self._traced_steps[key] = trace(step, (*inputs, *[x.clone() for x in adam]))
-            out = self._traced_steps[key](*inputs, *adam)
+                self._traced_steps[key] = trace(step, (*inputs, *[x.clone() for x in buffers]))
+            out = self._traced_steps[key](*inputs, *buffers)
         return out[:4], out[4] if cfg.target_kl is not None else None
 
     def _grad_inputs(self, mb: dict[str, Tensor]) -> tuple[Tensor, ...]:

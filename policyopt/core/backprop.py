@@ -76,17 +76,25 @@ def _mlp_forward(net: MLP, x: Tensor) -> list[Tensor]:
     return outs
 
 
-def _mlp_backward(net: MLP, outs: list[Tensor], grad: Tensor, grads: dict[nn.Parameter, Tensor]) -> Tensor:
+def _into(out: dict[nn.Parameter, Tensor] | None, param: nn.Parameter) -> dict[str, Tensor]:
+    """``out=`` for the kernel that computes ``param``'s gradient, where ``out`` names its tensor."""
+    return {} if out is None else {"out": out[param]}
+
+
+def _mlp_backward(
+    net: MLP, outs: list[Tensor], grad: Tensor, grads: dict[nn.Parameter, Tensor], out: dict[nn.Parameter, Tensor] | None
+) -> Tensor:
     """Stage 3 for every layer of ``net``, top down; ``grad = dL/d(output)``. Fills ``grads``
-    with dL/dW and dL/db and returns dL/d(input)."""
+    with dL/dW and dL/db (written into ``out``'s tensors, see ``ForwardPass.grads``) and returns
+    dL/d(input)."""
     layers = list(net)
     for k in range(len(layers) - 1, -1, -1):
-        layer, out, inp = layers[k], outs[k + 1], outs[k]
+        layer, act_out, inp = layers[k], outs[k + 1], outs[k]
         if not isinstance(layer, nn.Linear):
-            grad = _ACTIVATIONS[type(layer)][1](grad, out)
+            grad = _ACTIVATIONS[type(layer)][1](grad, act_out)
             continue
-        grads[layer.weight] = grad.t().mm(inp)
-        grads[layer.bias] = grad.sum(0)
+        grads[layer.weight] = torch.mm(grad.t(), inp, **_into(out, layer.weight))
+        grads[layer.bias] = torch.sum(grad, 0, **_into(out, layer.bias))
         if k > 0:
             grad = grad.mm(layer.weight)
     return grad
@@ -100,7 +108,9 @@ class ForwardPass:
     """
 
     def __init__(self, policy: ActorCritic, obs: Tensor, action: Tensor):
-        self.policy, self.action = policy, action
+        self.policy = policy
+        # a: [B, 1], the index of gather and scatter (no cast op for int64 actions in a trace)
+        self.index = (action if action.dtype == torch.int64 else action.long()).unsqueeze(-1)
         self.actor = _mlp_forward(policy.actor_body, obs)
         self.critic = _mlp_forward(policy.critic, obs)
         self.value = self.critic[-1].squeeze(-1)
@@ -109,7 +119,7 @@ class ForwardPass:
             logits = F.linear(features, head.logits.weight, head.logits.bias)
             self.log_probs = logits.log_softmax(dim=-1)
             self.probs = self.log_probs.exp()
-            self.logp = self.log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+            self.logp = self.log_probs.gather(-1, self.index).squeeze(-1)
             self.entropy = -(self.probs * self.log_probs).sum(-1)
         else:
             self.mean = F.linear(features, head.mean.weight, head.mean.bias)
@@ -119,15 +129,19 @@ class ForwardPass:
             self.logp = (-0.5 * self.u.pow(2) - log_std - LOG_SQRT_2PI).sum(-1)
             self.entropy = (log_std + 0.5 + LOG_SQRT_2PI).sum(-1)
 
-    def grads(self, dlogp: Tensor, dent: float, dvalue: Tensor) -> dict[nn.Parameter, Tensor]:
+    def grads(
+        self, dlogp: Tensor, dent: float, dvalue: Tensor, out: dict[nn.Parameter, Tensor] | None = None
+    ) -> dict[nn.Parameter, Tensor]:
         """dL/dtheta for every parameter of the policy, from ``dlogp = dL/dlogp: [B]``,
-        ``dent = dL/dH_i`` (the same for every sample) and ``dvalue = dL/dv: [B]``."""
+        ``dent = dL/dH_i`` (the same for every sample) and ``dvalue = dL/dv: [B]``. With ``out``
+        (a tensor per parameter, e.g. views of one flat gradient), each gradient is written by
+        its last kernel into its tensor there, with the same bits."""
         grads: dict[nn.Parameter, Tensor] = {}
         head = self.policy.actor_head
         dlogp = dlogp.unsqueeze(-1)
         if isinstance(head, CategoricalHead):  # stage 2, Categorical
             # dL/dlp, then through log_softmax with the kernel autograd uses, for autograd's rounding
-            dlp = torch.zeros_like(self.log_probs).scatter_add_(-1, self.action.long().unsqueeze(-1), dlogp)
+            dlp = torch.zeros_like(self.log_probs).scatter_add_(-1, self.index, dlogp)
             if dent:
                 dlp = dlp - dent * self.probs * (self.log_probs + 1.0)
             dz = torch.ops.aten._log_softmax_backward_data(dlp, self.log_probs, -1, dlp.dtype)
@@ -137,13 +151,13 @@ class ForwardPass:
             # dlogp (u^2 - 1) + dent, summed in autograd's order (the path through sigma first,
             # then the direct terms), which makes it autograd's result bit for bit
             through_sigma = -(dlogp * -0.5 * (2 * self.u)) * (self.u / self.std) * self.std
-            grads[head.log_std] = (through_sigma + (dent - dlogp)).sum(0)
+            grads[head.log_std] = torch.sum(through_sigma + (dent - dlogp), 0, **_into(out, head.log_std))
             out_layer = head.mean
         features = self.actor[-1]
-        grads[out_layer.weight] = dz.t().mm(features)
-        grads[out_layer.bias] = dz.sum(0)
-        _mlp_backward(self.policy.actor_body, self.actor, dz.mm(out_layer.weight), grads)
-        _mlp_backward(self.policy.critic, self.critic, dvalue.unsqueeze(-1), grads)
+        grads[out_layer.weight] = torch.mm(dz.t(), features, **_into(out, out_layer.weight))
+        grads[out_layer.bias] = torch.sum(dz, 0, **_into(out, out_layer.bias))
+        _mlp_backward(self.policy.actor_body, self.actor, dz.mm(out_layer.weight), grads, out)
+        _mlp_backward(self.policy.critic, self.critic, dvalue.unsqueeze(-1), grads, out)
         return grads
 
 

@@ -38,10 +38,12 @@ class Categorical:
         same actions, minus its argument checks, which read two values back to the host every
         call (a device sync per step on a GPU)."""
         q = torch.empty_like(self.logits).exponential_(1.0)
-        return self.logits.detach().exp().div_(q).argmax(-1)
+        logits = self.logits.detach() if self.logits.requires_grad else self.logits  # no op recorded by a no-grad trace
+        return logits.exp().div_(q).argmax(-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
-        return self.logits.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        index = action if action.dtype == torch.int64 else action.long()  # as above
+        return self.logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
     def entropy(self) -> Tensor:
         return -(self.probs * self.logits).sum(-1)

@@ -92,6 +92,7 @@ class FlatAdam(torch.optim.Optimizer):
         self._addresses: list[int] = []  # where each parameter's data starts in theta
         self._step: Tensor | None = None  # the step count every parameter shares, while they all step together
         self._kernels: dict[tuple, Callable[..., Tensor]] = {}  # _ClippedAdamStep, traced, by its constants
+        self._grad: tuple[Tensor, list[Tensor]] | None = None  # grad_buffer(): built at its first call
 
     def _build(self) -> None:
         states = [self.state[p] for p in self.params]
@@ -109,6 +110,7 @@ class FlatAdam(torch.optim.Optimizer):
         for p, part in zip(self.params, theta.split(sizes)):
             p.data = part.view_as(p)  # the parameters live in theta from here on
         self._flat = (flats[0], flats[1], theta)
+        self._grad = None
         self._addresses = [p.data_ptr() for p in self.params]
         steps = {float(st["step"]) for st in states}
         self._step = torch.tensor(steps.pop()) if len(steps) == 1 else None
@@ -180,6 +182,15 @@ class FlatAdam(torch.optim.Optimizer):
         scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=self._flat[0].dtype)
         return (*self._flat, scalars)
 
+    def grad_buffer(self) -> tuple[Tensor, list[Tensor]]:
+        """A flat gradient laid out as ``theta`` and a view of it shaped as each parameter, for a
+        caller that writes the gradients there itself (``out=``) and passes both to ``kernel``:
+        the step then reads the flat gradient as it is, without concatenating the parameters'."""
+        if self._grad is None:
+            flat = torch.zeros_like(self._flat[2])
+            self._grad = (flat, [part.view_as(p) for p, part in zip(self.params, flat.split([p.numel() for p in self.params]))])
+        return self._grad
+
     def _partial_update(self, max_norm: float | None) -> Tensor | None:
         """PyTorch's clipping and multi-tensor Adam on the parameters that have a gradient. Their
         step counts part from the others', so from here on each parameter keeps its own."""
@@ -215,14 +226,17 @@ class _ClippedAdamStep(nn.Module):
     ``clip_grad_norm_`` to ``max_norm`` (None: no clipping) on the gradients, then Adam on the
     flat moments ``m``, ``v`` and parameters ``theta``. ``scalars = [sqrt(1 - beta2^t), -lr / (1 -
     beta1^t)]``; returns the norm before clipping (the norm is not computed without clipping:
-    then the flat gradient)."""
+    then the flat gradient). ``flat_grad``: the gradients laid out as ``theta``, where ``grads``
+    are views of it (``FlatAdam.grad_buffer``); None: they are concatenated here."""
 
     def __init__(self, max_norm: float | None, beta1: float, beta2: float, eps: float):
         super().__init__()
         self.max_norm, self.beta1, self.beta2, self.eps = max_norm, beta1, beta2, eps
 
-    def forward(self, m: Tensor, v: Tensor, theta: Tensor, scalars: Tensor, grads: list[Tensor]) -> Tensor:
-        grad = torch.cat([g.reshape(-1) for g in grads])
+    def forward(
+        self, m: Tensor, v: Tensor, theta: Tensor, scalars: Tensor, grads: list[Tensor], flat_grad: Tensor | None = None
+    ) -> Tensor:
+        grad = torch.cat([g.reshape(-1) for g in grads]) if flat_grad is None else flat_grad
         out = grad
         if self.max_norm is not None:  # clip_grad_norm_: the norm of the per-tensor norms
             out = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
