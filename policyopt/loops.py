@@ -72,10 +72,11 @@ class EpisodeStats:
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
 
-    def record(self, reward: np.ndarray, done: np.ndarray) -> None:
+    def record(self, reward: np.ndarray, done: np.ndarray | None) -> None:
+        """One step's rewards; ``done=None``: no episode ended at this step."""
         self.ret += reward
         self.len += 1
-        if done.any():
+        if done is not None and done.any():
             idx = np.flatnonzero(done)
             self.finished_returns += self.ret[idx].tolist()
             self.finished_lengths += self.len[idx].tolist()
@@ -165,11 +166,11 @@ class Collector:
     def step(self, env_action: np.ndarray) -> Step:
         """One step of every env; non-finite observations or rewards stop training."""
         step = self.envs.step(env_action)
-        if not (np.isfinite(step.obs).all() and (step.final_obs is step.obs or np.isfinite(step.final_obs).all())):
+        if not (_finite(step.obs) and (not step.ended or _finite(step.final_obs))):
             raise NonFiniteError(f"non-finite observation from the env at step {self.agent.global_step}")
-        if not np.isfinite(step.reward).all():
+        if not _finite(step.reward):
             raise NonFiniteError(f"non-finite reward from the env at step {self.agent.global_step}")
-        self.stats.record(step.reward, step.done)
+        self.stats.record(step.reward, step.done if step.ended else None)
         self.raw_obs = step.obs
         return step
 
@@ -232,6 +233,12 @@ class TorchCollector(Collector):
         self.stats.load_state_dict(state["stats"])
         self.envs.snapshot = state["envs"]
         self.raw_obs = state["obs"].to(self.agent.device)
+
+
+def _finite(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()``, by a sum first: a NaN or infinity makes it non-finite, so a finite
+    sum settles it in one reduction (a sum that overflows is checked element by element)."""
+    return math.isfinite(np.add.reduce(x, None)) or bool(np.isfinite(x).all())
 
 
 def make_collector(agent: Agent) -> Collector:
@@ -334,7 +341,7 @@ class OnPolicyRunner:
         if isinstance(step.truncated, Tensor):  # device envs: evaluate all rows, select without a sync
             values = agent.value(agent.normalize(step.final_obs))
             return torch.where(step.truncated, values, torch.zeros_like(values))
-        if not step.truncated.any():
+        if not (step.ended and step.truncated.any()):
             if self._zeros is None or len(self._zeros) != len(step.reward):
                 self._zeros = torch.zeros(len(step.reward), device=agent.device)
             return self._zeros  # read only: the buffer copies it when it stacks the rollout

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from policyopt.algos.ppo import PPOConfig
 from policyopt.algos.sac import SACConfig
 from policyopt.cli import main
 from policyopt.config import RANGES, ConfigError, build_config
+from policyopt.loops import _finite
 from policyopt.registry import get_algorithm
 
 from helpers import read_metrics
@@ -176,6 +178,17 @@ def test_non_finite_values_stop_training_and_keep_the_last_good_checkpoint(tmp_p
     assert state["agent"]["counters"]["global_step"] < step
     assert all(torch.isfinite(t).all() for t in state["agent"]["nets"].values() if t.is_floating_point())
     assert not (run / "model.pt").exists()  # no final model from a run that failed
+
+
+@pytest.mark.parametrize("values,finite", [
+    ([0.5, -2.0], True),
+    ([3e38, 3e38], True),  # finite values whose float32 sum overflows: checked element by element
+    ([1.0, float("nan")], False),
+    ([float("inf"), 1.0], False),
+    ([float("inf"), float("-inf")], False),
+])
+def test_the_collectors_finiteness_check_is_isfinite_all(values, finite):
+    assert _finite(np.array(values, dtype=np.float32).reshape(1, -1)) is finite
 
 
 CONFIG_VALUES = st.one_of(

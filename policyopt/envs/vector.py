@@ -18,7 +18,6 @@ import difflib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import gymnasium as gym
@@ -269,17 +268,26 @@ class SyncEnvs:
 
 @dataclass
 class Step:
-    """One step of N envs: NumPy arrays from ``VecEnv``, tensors on the env's device from ``TorchVecEnv``."""
+    """One step of N envs: NumPy arrays from ``VecEnv``, tensors on the env's device from
+    ``TorchVecEnv``. ``done = terminated | truncated`` (computed here unless given). The host
+    envs return ``final_obs`` as the very object ``obs`` at a step where no episode ended, which
+    ``ended`` reads without a pass over ``done``."""
 
     obs: np.ndarray | torch.Tensor
     reward: np.ndarray | torch.Tensor
     terminated: np.ndarray | torch.Tensor
     truncated: np.ndarray | torch.Tensor
     final_obs: np.ndarray | torch.Tensor
+    done: np.ndarray | torch.Tensor | None = None
 
-    @cached_property
-    def done(self) -> np.ndarray | torch.Tensor:
-        return self.terminated | self.truncated
+    def __post_init__(self) -> None:
+        if self.done is None:
+            self.done = self.terminated | self.truncated
+
+    @property
+    def ended(self) -> bool:
+        """False where no episode can have ended at this step; True where one may have."""
+        return self.final_obs is not self.obs
 
 
 class VecEnv:
@@ -322,7 +330,7 @@ class VecEnv:
             final_obs = obs.copy()
             for i in np.flatnonzero(info["_final_obs"]):
                 final_obs[i] = info["final_obs"][i]
-        return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+        return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs, done)
 
     @property
     def snapshot(self) -> list[dict | None]:
@@ -367,7 +375,7 @@ def _reset_ended(
         final_obs = obs.copy()
         rows = np.flatnonzero(done)
         obs[rows] = reset_rows(rows)
-    return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs)
+    return Step(obs, reward.astype(np.float32), terminated, truncated, final_obs, done)
 
 
 def check_numpy_vector_env(env: EnvLike) -> None:
