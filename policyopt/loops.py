@@ -295,9 +295,9 @@ class OnPolicyRunner:
         if self.obs is None:  # first rollout: the reset observation enters the normalizer once
             self.obs = agent.normalize(_tensor(self.collector.raw_obs, device), update=True)
         obs = self.obs
-        act = agent.sample if self.batch_values else agent.act
-        for _ in range(buf.num_steps):
-            action, extras = act(obs)
+        noise = agent.rollout_noise(buf.num_steps, buf.num_envs) if self.batch_values else None
+        for t in range(buf.num_steps):
+            action, extras = agent.sample(obs, None if noise is None else noise[t]) if self.batch_values else agent.act(obs)
             step = self.collector.step(self.collector.env_action(action))
             reward, done = step.reward, step.done  # NumPy arrays (tensors from device envs), stacked by buf
             if self.reward_scaler is not None:
@@ -313,26 +313,25 @@ class OnPolicyRunner:
             obs = next_obs
             agent.global_step += len(done)
         self.obs = obs
+        if "log_probs" in buf:  # log pi(.|s_t) of every action (a Categorical ``sample``): a_t's, picked at once
+            buf["logp"] = buf["log_probs"].gather(-1, buf["action"].unsqueeze(-1)).squeeze(-1)
         last_value = self.rollout_values(buf, obs)
         buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
         return buf
 
     def rollout_values(self, buf: RolloutBuffer, obs: Tensor) -> Tensor:
         """V(s_T) of the observation after the rollout; with ``batch_values``, also V(s_t) of every
-        step, into ``buf["value"]``, from the same batch. A rollout that recorded its values per
-        step while ``batch_values`` is undecided decides it: True where the batch gave those
-        values bit for bit (8 CartPole envs here; not 2)."""
-        agent = self.agent
+        step, into ``buf["value"]``, from one batch. A rollout that recorded its values per step
+        while ``batch_values`` is undecided decides it: True where the batch gave those values
+        bit for bit (8 CartPole envs here; not 2)."""
+        agent, last_value = self.agent, self.agent.value(obs)
         if self.batch_values is False:
-            return agent.value(obs)
-        n = buf.num_envs
-        values = agent.value(torch.cat([buf["obs"].flatten(0, 1), obs]))
-        steps, last = values[:-n].view(buf.num_steps, n), values[-n:]
+            return last_value
+        values = agent.value(buf["obs"].flatten(0, 1)).view(buf.num_steps, buf.num_envs)
         if self.batch_values:
-            buf["value"] = steps
-            return last
-        last_value = agent.value(obs)
-        self.batch_values = "value" in buf and torch.equal(steps, buf["value"]) and torch.equal(last, last_value)
+            buf["value"] = values
+        else:
+            self.batch_values = "value" in buf and torch.equal(values, buf["value"])
         return last_value
 
     def truncation_values(self, step: Step) -> Tensor:

@@ -261,6 +261,15 @@ def test_ppo_steps_through_adams_own_path_where_parameters_step_apart(monkeypatc
     assert all(torch.equal(flat[k], apart[k]) for k in flat)
 
 
+@pytest.mark.parametrize("shape", [(8, 2), (8, 6), (1, 3), (16, 18)])
+def test_one_exponential_draw_gives_the_numbers_of_the_same_draws_step_by_step(shape):
+    """What ``ActorCriticAgent.rollout_noise`` relies on to draw a rollout's Categorical noise at once."""
+    torch.manual_seed(0)
+    whole = torch.empty(32, *shape).exponential_(1.0)
+    torch.manual_seed(0)
+    assert torch.equal(whole, torch.stack([torch.empty(shape).exponential_(1.0) for _ in range(32)]))
+
+
 @pytest.mark.parametrize("algo,num_envs,batched", [("ppo", 8, True), ("a2c", 8, True), ("ppo", 2, False)])
 def test_rollout_values_in_one_batch_change_nothing(monkeypatch, algo, num_envs, batched):
     """Where the first rollout shows that the critic gives its per-step values bit for bit in

@@ -32,12 +32,12 @@ class Categorical:
     def probs(self) -> Tensor:
         return self.logits.exp()
 
-    def sample(self) -> Tensor:
+    def sample(self, noise: Tensor | None = None) -> Tensor:
         """argmax_a p_a / q_a with q_a ~ Exp(1) i.i.d. (the Gumbel-max trick, exponentiated):
         the draw ``torch.multinomial(probs, 1)`` makes, from the same random numbers, so the
         same actions, minus its argument checks, which read two values back to the host every
-        call (a device sync per step on a GPU)."""
-        q = torch.empty_like(self.logits).exponential_(1.0)
+        call (a device sync per step on a GPU). ``noise``: the q drawn beforehand, ``[B, n]``."""
+        q = torch.empty_like(self.logits).exponential_(1.0) if noise is None else noise
         logits = self.logits.detach() if self.logits.requires_grad else self.logits  # no op recorded by a no-grad trace
         return logits.exp().div_(q).argmax(-1)
 
