@@ -30,7 +30,7 @@ from torch import Tensor
 
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.config import ConfigError, minibatch_problems
-from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
+from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, rows, unsupported, value_loss_with_grad
 from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import approx_kl, explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
@@ -127,10 +127,11 @@ class ClosedFormGrad(torch.nn.Module):
         fp = ForwardPass(self.policy, obs, action)
         log_ratio = fp.logp - logp_old
         ratio = log_ratio.exp()
-        pg_loss, dlogp = clipped_surrogate_with_grad(ratio, adv, clip_range[0], clip_range[1])
-        v_loss, dvalue = value_loss_with_grad(fp.value, v_target, value_old, clip_range[2] if cfg.clip_vloss else None)
+        low, high, clip = clip_range.unbind()  # one op in a trace, not three
+        pg_loss, dlogp = clipped_surrogate_with_grad(ratio, adv, low, high)
+        v_loss, dvalue = value_loss_with_grad(fp.value, v_target, value_old, clip if cfg.clip_vloss else None)
         out = dict(zip(self.policy.parameters(), grad_out, strict=True)) if grad_out else None
-        grads = fp.grads(dlogp, -cfg.ent_coef / ratio.shape[0], cfg.vf_coef * dvalue, out)
+        grads = fp.grads(dlogp, -cfg.ent_coef / rows(ratio), cfg.vf_coef * dvalue, out)
         terms = [pg_loss, v_loss, fp.entropy.mean()]
         if cfg.target_kl is not None:
             terms.append(approx_kl(ratio, log_ratio))

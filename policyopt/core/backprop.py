@@ -161,6 +161,12 @@ class ForwardPass:
         return grads
 
 
+def rows(x: Tensor) -> int:
+    """The batch size as a plain int: a constant for ``runtime.trace`` (which records a step per
+    minibatch size), where ``x.shape[0]`` would be recorded as ops on a tensor made of it."""
+    return int(x.shape[0])
+
+
 def clipped_surrogate_with_grad(
     ratio: Tensor, adv: Tensor, low: float | Tensor, high: float | Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -177,7 +183,7 @@ def clipped_surrogate_with_grad(
     unclipped = ratio * adv
     clipped = ratio.clamp(low, high) * adv
     loss = -torch.min(unclipped, clipped).mean()
-    return loss, torch.where(unclipped <= clipped, unclipped, 0.0) * (-1.0 / ratio.shape[0])
+    return loss, torch.where(unclipped <= clipped, unclipped, 0.0) * (-1.0 / rows(ratio))
 
 
 def value_loss_with_grad(
@@ -188,8 +194,8 @@ def value_loss_with_grad(
     err = value - v_target
     sq = err.pow(2)
     if clip_coef is None:
-        return 0.5 * sq.mean(), err / value.shape[0]
+        return 0.5 * sq.mean(), err / rows(value)
     clipped = value_old + (value - value_old).clamp(-clip_coef, clip_coef)
     sq_clipped = (clipped - v_target).pow(2)
     loss = 0.5 * torch.max(sq, sq_clipped).mean()
-    return loss, torch.where(sq >= sq_clipped, err, 0.0) / value.shape[0]
+    return loss, torch.where(sq >= sq_clipped, err, 0.0) / rows(value)

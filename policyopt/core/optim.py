@@ -244,10 +244,11 @@ class _ClippedAdamStep(nn.Module):
         m.lerp_(grad, 1 - self.beta1)
         v.mul_(self.beta2)
         v.addcmul_(grad, grad, value=1 - self.beta2)
+        root_bias_correction2, step_size = scalars.unbind()
         denom = v.sqrt()
-        denom.div_(scalars[0])
+        denom.div_(root_bias_correction2)
         denom.add_(self.eps)
-        theta.addcdiv_(m * scalars[1], denom)  # theta + step * m / denom, rounded as addcdiv's value= rounds
+        theta.addcdiv_(m * step_size, denom)  # theta + step * m / denom, rounded as addcdiv's value= rounds
         return out
 
 
