@@ -38,6 +38,7 @@ from policyopt import checkpoint, mkl_dispatch
 from policyopt.agent import set_rng_state
 from policyopt.config import ConfigError, to_dict
 from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
+from policyopt.core.distributions import pick
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
@@ -314,7 +315,7 @@ class OnPolicyRunner:
             agent.global_step += len(done)
         self.obs = obs
         if "log_probs" in buf:  # log pi(.|s_t) of every action (a Categorical ``sample``): a_t's, picked at once
-            buf["logp"] = buf["log_probs"].gather(-1, buf["action"].unsqueeze(-1)).squeeze(-1)
+            buf["logp"] = pick(buf["log_probs"], buf["action"])
         last_value = self.rollout_values(buf, obs)
         buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
         return buf

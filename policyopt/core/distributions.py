@@ -22,6 +22,13 @@ from torch import Tensor
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def pick(log_probs: Tensor, action: Tensor) -> Tensor:
+    """``log_probs[..., a]`` of each taken action ``a``: ``[..., n]`` and ``[...]`` give ``[...]``
+    (no cast op for int64 actions in a trace)."""
+    index = action if action.dtype == torch.int64 else action.long()
+    return log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
 class Categorical:
     """pi(a|s) = softmax(logits)_a for Discrete action spaces. ``logits: [B, n]``."""
 
@@ -42,8 +49,7 @@ class Categorical:
         return logits.exp().div_(q).argmax(-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
-        index = action if action.dtype == torch.int64 else action.long()  # as above
-        return self.logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        return pick(self.logits, action)
 
     def entropy(self) -> Tensor:
         return -(self.probs * self.logits).sum(-1)
