@@ -38,7 +38,7 @@ from policyopt import checkpoint, mkl_dispatch
 from policyopt.agent import set_rng_state
 from policyopt.config import ConfigError, to_dict
 from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
-from policyopt.core.distributions import pick
+from policyopt.core.distributions import Categorical
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
@@ -314,8 +314,8 @@ class OnPolicyRunner:
             obs = next_obs
             agent.global_step += len(done)
         self.obs = obs
-        if "log_probs" in buf:  # log pi(.|s_t) of every action (a Categorical ``sample``): a_t's, picked at once
-            buf["logp"] = pick(buf["log_probs"], buf["action"])
+        if "logits" in buf:  # a Categorical ``sample``'s logits of every step: log pi(a_t|s_t) at once
+            buf["logp"] = Categorical(buf["logits"]).log_prob(buf["action"])
         last_value = self.rollout_values(buf, obs)
         buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
         return buf

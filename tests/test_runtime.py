@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from policyopt import PPO
+from policyopt.core.distributions import gumbel_noise
 from policyopt.core.optim import FlatAdam
 from policyopt.registry import get_algorithm
 from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, record, trace, tune_malloc
@@ -262,12 +263,16 @@ def test_ppo_steps_through_adams_own_path_where_parameters_step_apart(monkeypatc
 
 
 @pytest.mark.parametrize("shape", [(8, 2), (8, 6), (1, 3), (16, 18)])
-def test_one_exponential_draw_gives_the_numbers_of_the_same_draws_step_by_step(shape):
-    """What ``ActorCriticAgent.rollout_noise`` relies on to draw a rollout's Categorical noise at once."""
+def test_one_gumbel_draw_gives_the_numbers_of_the_same_draws_step_by_step(shape):
+    """What ``ActorCriticAgent.rollout_noise`` relies on to draw a rollout's Categorical noise at
+    once, and the runner to compute its log-probabilities at once: the generator's Exp(1)
+    numbers, ``log`` and ``log_softmax`` do not depend on how many rows one call takes."""
     torch.manual_seed(0)
-    whole = torch.empty(32, *shape).exponential_(1.0)
+    whole = gumbel_noise(32, *shape)
     torch.manual_seed(0)
-    assert torch.equal(whole, torch.stack([torch.empty(shape).exponential_(1.0) for _ in range(32)]))
+    assert torch.equal(whole, torch.stack([-torch.empty(shape).exponential_(1.0).log() for _ in range(32)]))
+    logits = torch.randn(32, *shape) * 3
+    assert torch.equal(logits.log_softmax(-1), torch.stack([z.log_softmax(-1) for z in logits]))
 
 
 @pytest.mark.parametrize("algo,num_envs,batched", [("ppo", 8, True), ("a2c", 8, True), ("ppo", 2, False)])

@@ -14,6 +14,7 @@ the small batches of RL; the tests check every formula against ``torch.distribut
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +31,31 @@ def pick(log_probs: Tensor, action: Tensor) -> Tensor:
 
 
 class Categorical:
-    """pi(a|s) = softmax(logits)_a for Discrete action spaces. ``logits: [B, n]``."""
+    """pi(a|s) = softmax(z)_a for Discrete action spaces, from the network's ``z: [B, n]``
+    (``raw``); ``logits`` = log pi(.|s) = z - logsumexp(z), computed on first use (a rollout's
+    sampling step does not use it: ``sample`` needs z only)."""
 
     def __init__(self, logits: Tensor):
-        self.logits = logits.log_softmax(dim=-1)
+        self.raw = logits
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return self.raw.log_softmax(dim=-1)
 
     @property
     def probs(self) -> Tensor:
         return self.logits.exp()
 
     def sample(self, noise: Tensor | None = None) -> Tensor:
-        """argmax_a p_a / q_a with q_a ~ Exp(1) i.i.d. (the Gumbel-max trick, exponentiated):
-        the draw ``torch.multinomial(probs, 1)`` makes, from the same random numbers, so the
-        same actions, minus its argument checks, which read two values back to the host every
-        call (a device sync per step on a GPU). ``noise``: the q drawn beforehand, ``[B, n]``."""
-        q = torch.empty_like(self.logits).exponential_(1.0) if noise is None else noise
-        logits = self.logits.detach() if self.logits.requires_grad else self.logits  # no op recorded by a no-grad trace
-        return logits.exp().div_(q).argmax(-1)
+        """argmax_a z_a + g_a with g_a = -log q_a, q_a ~ Exp(1) i.i.d. (Gumbel(0, 1) draws: the
+        Gumbel-max trick): the draw ``torch.multinomial(probs, 1)`` makes, argmax_a p_a / q_a, from
+        the same random numbers (the same actions but where rounding settles a near tie), minus
+        its argument checks, which read two values back to the host every call (a device sync per
+        step on a GPU). ``noise``: the g drawn beforehand, ``[B, n]`` (``gumbel_noise``)."""
+        z = self.raw.detach() if self.raw.requires_grad else self.raw  # no op recorded by a no-grad trace
+        if noise is None:
+            return (z - torch.empty_like(z).exponential_(1.0).log()).argmax(-1)
+        return (z + noise).argmax(-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
         return pick(self.logits, action)
@@ -60,6 +69,13 @@ class Categorical:
     def kl(self, other: Categorical) -> Tensor:
         """KL(self || other) = sum_a p(a) (log p(a) - log q(a))."""
         return (self.probs * (self.logits - other.logits)).sum(-1)
+
+
+def gumbel_noise(*shape: int, device: torch.device | str = "cpu") -> Tensor:
+    """Gumbel(0, 1) draws -log q, q ~ Exp(1), for ``Categorical.sample``: drawn at once for many
+    steps, the numbers of the same draws made step by step (the CPU generator gives the same
+    Exp(1) numbers in one call, and ``log`` rounds each alike; tested)."""
+    return torch.empty(*shape, device=device).exponential_(1.0).log_().neg_()
 
 
 class DiagGaussian:
