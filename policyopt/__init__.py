@@ -18,6 +18,8 @@ mkl_dispatch.enable()  # before anything imports torch; see policyopt/mkl_dispat
 
 from policyopt import envs as _envs  # noqa: E402, F401  (registers the policyopt/* test envs)
 
+mkl_dispatch.resolve_vml()  # before torch's threads first call MKL's vector math; see resolve_vml
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

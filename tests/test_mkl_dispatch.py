@@ -68,3 +68,21 @@ def test_torch_imported_first_is_reported():
         assert late["status"] == "off: torch was imported before policyopt"
     # the warning, where MKL runs its generic kernels because of the import order
     assert ("import policyopt first" in late["stderr"]) == (late["kernels"] == mkl_dispatch.GENERIC_PATH)
+
+
+FIRST_TANH = """
+import policyopt, torch
+torch.set_num_threads(2)
+x = torch.linspace(-3, 3, 256 * 64)  # PPO's hidden activations in one update minibatch
+print(torch.equal(torch.tanh(x), torch.tanh(x)))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_first_large_tanh_gives_the_bits_of_the_second():
+    """MKL's vector-math kernels are chosen before torch's threads first use them (``resolve_vml``):
+    without that, the first tanh split over 2 threads ran a low-accuracy kernel on one thread's
+    half in 8 of 30 processes here (with ``enable``; one process at a time, so that both its
+    threads run at once), and 24 clean ones would be luck (about 0.1%)."""
+    runs = [subprocess.run([sys.executable, "-c", FIRST_TANH], capture_output=True, text=True, check=True) for _ in range(24)]
+    assert [run.stdout.strip() for run in runs] == ["True"] * 24
