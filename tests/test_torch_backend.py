@@ -52,6 +52,31 @@ def test_a_rollout_on_the_torch_envs_reads_nothing_back_to_the_host(env_id):
     assert sum(reads) == 0
 
 
+def test_device_rollouts_bootstrap_truncated_episodes_from_their_final_observations():
+    """The final values, computed for the whole rollout at its end: V(final obs) of the step
+    where the time limit cut an episode (normalized with that step's statistics), 0 elsewhere."""
+    agent = PPO("Pendulum-v1", seed=0, env_backend="torch", num_envs=4, num_steps=16, normalize_obs=True)
+    runner = make_runner(agent)
+    runner.collect()
+    envs = runner.collector.envs
+    envs.elapsed_steps[:] = torch.tensor([190, 195, 199, 0])  # three episodes cut inside the next rollout
+    seen, step_of = [], runner.collector.step
+
+    def step(action):
+        out = step_of(action)
+        seen.append(agent.normalize(out.final_obs))
+        return out
+
+    runner.collector.step = step
+    buf = runner.collect()
+    truncated = buf["truncated"]
+    assert truncated.sum(0).tolist() == [1, 1, 1, 0]
+    expected = torch.stack([agent.value(obs) for obs in seen])
+    assert torch.allclose(buf["final_value"][truncated], expected[truncated], rtol=1e-6, atol=1e-6)
+    assert (buf["final_value"][~truncated] == 0).all()
+    assert torch.equal(buf["next_value"][truncated], buf["final_value"][truncated])
+
+
 def test_ppo_learns_cartpole_on_the_torch_env():
     agent = PPO("CartPole-v1", seed=0, env_backend="torch").learn(15_000, progress=False)
     assert np.mean(agent.evaluate(10)) > 100  # a random policy scores ~22
