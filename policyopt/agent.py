@@ -403,8 +403,8 @@ class ActorCriticAgent(Agent):
         """``act(obs)``'s action (the same draw) without ``V(s)``, for a runner that evaluates the
         critic once per rollout (``loops.OnPolicyRunner``); ``noise``: this step's part of
         ``rollout_noise``. The extras hold ``log pi(a|s)`` as ``logp``, or for a Categorical
-        policy its logits as ``logits`` (the runner computes the actions' log-probabilities at
-        the rollout's end, in two ops instead of five a step; the same numbers)."""
+        policy its logits as ``logits`` (the runner computes the actions' log-probabilities for
+        the whole rollout at its end, so that a step needs no ``log_softmax``; the same numbers)."""
         inputs = (obs,) if noise is None else (obs, noise)
         action, logp = self._sample_step(inputs, rollout=True)(*inputs)
         return action, {"logits" if isinstance(self.policy.actor_head, CategoricalHead) else "logp": logp}

@@ -191,7 +191,9 @@ def code_path() -> str | None:
 
 
 # ATen's float unary ops that call MKL's vector math (VML) on CPU (aten/src/ATen/cpu/vml.h)
-VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt", "tan", "tanh", "trunc")
+VML_OPS = (
+    "acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt", "tan", "tanh", "trunc"
+)
 
 
 @functools.cache
@@ -203,11 +205,11 @@ def resolve_vml() -> None:
     ops over 2048 elements between its threads), a thread can run a low-accuracy kernel for its
     whole share of that one call, although torch asks for the high-accuracy one (pytorch/pytorch
     issue 188792). Here, with MKL past its vendor check (``enable``) and 2 threads, the first
-    ``tanh`` of a 256x64 float32 batch (PPO's first update) differed from the second in 4 of 30
-    fresh processes, the first ``cos`` of 8192 float64 numbers (the torch envs' CartPole) in 10 of
-    40, by up to ~1e-8 relative: a run then differs from the same run in another process. One
-    call per function on a single element, before any op large enough to be split, settles the
-    choice: 0 of 40 after it. Nothing where torch does not use MKL."""
+    ``tanh`` of a 256x64 float32 batch (PPO's first update) differed from the second in 4 and 8
+    of 30 fresh processes (two runs), the first ``cos`` of 8192 float64 numbers (the torch envs'
+    CartPole) in 10 of 40, by up to ~1e-8 relative: a run then differs from the same run in
+    another process. One call per function on a single element, before any op large enough to
+    be split, settles the choice: 0 of 120 after it. Nothing where torch does not use MKL."""
     import torch
 
     if not torch.backends.mkl.is_available():
