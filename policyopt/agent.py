@@ -407,7 +407,7 @@ class ActorCriticAgent(Agent):
         the whole rollout at its end, so that a step needs no ``log_softmax``; the same numbers)."""
         inputs = (obs,) if noise is None else (obs, noise)
         action, logp = self._sample_step(inputs, rollout=True)(*inputs)
-        return action, {"logits" if isinstance(self.policy.actor_head, CategoricalHead) else "logp": logp}
+        return action, {"logits" if self._categorical_head() is not None else "logp": logp}
 
     def rollout_noise(self, num_steps: int, num_envs: int) -> list[Tensor] | None:
         """The Gumbel draws of a rollout's Categorical actions (``Categorical.sample``), made at
@@ -415,10 +415,15 @@ class ActorCriticAgent(Agent):
         by step (``gumbel_noise``), so a rollout that takes nothing else from the generator
         between its steps samples the same actions. None for other policies and devices (their
         draws happen in ``sample``)."""
-        head = self.policy.actor_head
-        if not isinstance(head, CategoricalHead) or self.device.type != "cpu":
+        head = self._categorical_head()
+        if head is None or self.device.type != "cpu":
             return None
         return list(gumbel_noise(num_steps, num_envs, head.logits.out_features).unbind(0))
+
+    def _categorical_head(self) -> CategoricalHead | None:
+        """The policy's head where it is Categorical (Discrete actions), else None."""
+        head = self.policy.actor_head
+        return head if isinstance(head, CategoricalHead) else None
 
     def _sample_step(self, inputs: tuple[Tensor, ...], rollout: bool = False) -> Callable[..., Any]:
         """``SampleStep``, traced (``runtime.trace``: the same draws and bits, about 40% less time

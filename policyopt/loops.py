@@ -315,7 +315,7 @@ class OnPolicyRunner:
         if "logits" in buf:  # a Categorical ``sample``'s logits of every step: log pi(a_t|s_t) at once
             buf["logp"] = Categorical(buf["logits"]).log_prob(buf["action"])
         if "final_obs" in buf:
-            values = agent.value(buf["final_obs"].flatten(0, 1)).view(buf.num_steps, buf.num_envs)
+            values = self.batch_value(buf, "final_obs")
             buf["final_value"] = torch.where(buf["truncated"], values, torch.zeros_like(values))
         last_value = self.rollout_values(buf, obs)
         buf["next_value"] = next_values_from(buf["value"], last_value, buf["done"], buf["final_value"])
@@ -326,15 +326,19 @@ class OnPolicyRunner:
         step, into ``buf["value"]``, from one batch. A rollout that recorded its values per step
         while ``batch_values`` is undecided decides it: True where the batch gave those values
         bit for bit (8 CartPole envs here; not 2)."""
-        agent, last_value = self.agent, self.agent.value(obs)
+        last_value = self.agent.value(obs)
         if self.batch_values is False:
             return last_value
-        values = agent.value(buf["obs"].flatten(0, 1)).view(buf.num_steps, buf.num_envs)
+        values = self.batch_value(buf, "obs")
         if self.batch_values:
             buf["value"] = values
         else:
             self.batch_values = "value" in buf and torch.equal(values, buf["value"])
         return last_value
+
+    def batch_value(self, buf: RolloutBuffer, field: str) -> Tensor:
+        """V of every step's observation in ``buf[field]`` (``[T, N, ...]``), as one batch: ``[T, N]``."""
+        return self.agent.value(buf[field].flatten(0, 1)).view(buf.num_steps, buf.num_envs)
 
     def truncation_values(self, step: Step) -> Tensor:
         """V(final_obs) where the time limit cut an episode (bootstrapped there), 0 elsewhere, for

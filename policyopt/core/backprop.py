@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policyopt.core.distributions import LOG_SQRT_2PI
+from policyopt.core.distributions import LOG_SQRT_2PI, action_index
 from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, tanh
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
@@ -109,8 +109,7 @@ class ForwardPass:
 
     def __init__(self, policy: ActorCritic, obs: Tensor, action: Tensor):
         self.policy = policy
-        # a: [B, 1], the index of gather and scatter (no cast op for int64 actions in a trace)
-        self.index = (action if action.dtype == torch.int64 else action.long()).unsqueeze(-1)
+        self.index = action_index(action)  # [B, 1], for gather and scatter
         self.actor = _mlp_forward(policy.actor_body, obs)
         self.critic = _mlp_forward(policy.critic, obs)
         self.value = self.critic[-1].squeeze(-1)

@@ -23,11 +23,15 @@ from torch import Tensor
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def action_index(action: Tensor) -> Tensor:
+    """Discrete actions ``[...]`` as the ``[..., 1]`` int64 index of ``gather``/``scatter`` over
+    the last dimension (no cast op for int64 actions in a trace)."""
+    return (action if action.dtype == torch.int64 else action.long()).unsqueeze(-1)
+
+
 def pick(log_probs: Tensor, action: Tensor) -> Tensor:
-    """``log_probs[..., a]`` of each taken action ``a``: ``[..., n]`` and ``[...]`` give ``[...]``
-    (no cast op for int64 actions in a trace)."""
-    index = action if action.dtype == torch.int64 else action.long()
-    return log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    """``log_probs[..., a]`` of each taken action ``a``: ``[..., n]`` and ``[...]`` give ``[...]``."""
+    return log_probs.gather(-1, action_index(action)).squeeze(-1)
 
 
 class Categorical:
