@@ -4,7 +4,9 @@
         [--set key=value ...] [--save]
 
 The envs, the policy, the rollout buffer and the update all live on ``--device``; the host only
-sees one batch of episode statistics and the metrics per update. Training time excludes the
+sees one batch of episode statistics and the metrics per update. On a GPU each iteration after
+the first two is a replayed CUDA graph (``cuda_graph=true``; ``--set cuda_graph=false`` runs
+every kernel from Python instead). Training time excludes the
 start-up (building the agent, CUDA context); the policy is then evaluated for 20 deterministic
 episodes in the real Gymnasium env on the host. With ``--save`` the table is appended, with the
 date, device and command, to ``benchmarks/results/torch_env_ppo.md``.
@@ -42,7 +44,8 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--save", action="store_true")
     args = p.parse_args()
-    config = {**DEFAULTS, **parse_set(args.overrides), "num_envs": args.num_envs, "env_backend": "torch"}
+    config = {**DEFAULTS, "cuda_graph": args.device.startswith("cuda"), **parse_set(args.overrides),
+              "num_envs": args.num_envs, "env_backend": "torch"}
     rows = []
     for seed in args.seeds:
         agent = PPO(args.env, seed=seed, device=args.device, preset=False, config=config)

@@ -44,6 +44,7 @@ from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
 from policyopt.evaluation import critic_bias
 from policyopt.logging import Logger, ProgressBar
+from policyopt.graphs import GraphedCall
 from policyopt.runtime import flush_denormals, tune_malloc
 
 if TYPE_CHECKING:
@@ -118,7 +119,8 @@ class TorchEpisodeStats(EpisodeStats):
         self.pending.append((done, self.ret, self.len))
         self.ret, self.len = self.ret.masked_fill(done, 0.0), self.len.masked_fill(done, 0)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """The episodes recorded in ``pending`` that finished, read into the lists (one host sync)."""
         if self.pending:
             done, ret, length = (torch.stack(x) for x in zip(*self.pending))
             self.finished_returns += ret[done].tolist()
@@ -126,11 +128,11 @@ class TorchEpisodeStats(EpisodeStats):
             self.pending = []
 
     def pop(self) -> tuple[list[float], list[int]]:
-        self._flush()
+        self.flush()
         return super().pop()
 
     def state_dict(self) -> dict[str, Any]:
-        self._flush()
+        self.flush()
         return super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -310,8 +312,8 @@ class OnPolicyRunner:
                 extras["next_obs"] = agent.normalize(_tensor(step.final_obs, device))
             buf.add(obs=obs, action=action, reward=reward, terminated=step.terminated, done=done, **extras)
             obs = next_obs
-            agent.global_step += len(done)
         self.obs = obs
+        agent.global_step += buf.num_steps * buf.num_envs
         if "logits" in buf:  # a Categorical ``sample``'s logits of every step: log pi(a_t|s_t) at once
             buf["logp"] = Categorical(buf["logits"]).log_prob(buf["action"])
         if "final_obs" in buf:
@@ -369,6 +371,54 @@ class OnPolicyRunner:
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.obs = self.agent.normalize(_tensor(self.collector.raw_obs, self.agent.device))
+
+
+class GraphedOnPolicyRunner(OnPolicyRunner):
+    """``OnPolicyRunner`` for PPO on device envs (``env_backend=torch``, ``cuda_graph=true``): the
+    whole iteration, the rollout and the update, is recorded once after two eager ones and
+    replayed from then on (``graphs.GraphedCall``: a CUDA graph on a GPU, without Python between its
+    kernels). Per iteration the host sets the update's learning rate and clip range before the
+    replay (``PPO.prepare_update``) and reads the metrics and the finished episodes after it.
+    """
+
+    def __init__(self, agent: Agent):
+        super().__init__(agent)
+        self.graph = self._new_graph()
+
+    def _new_graph(self) -> GraphedCall:
+        """A ``GraphedCall`` of ``_iteration``, carrying the tensors that a rollout replaces."""
+        collector = self.collector
+        envs, stats = collector.envs, collector.stats
+        carry = [(envs, "state"), (envs, "elapsed_steps"), (collector, "raw_obs"), (self, "obs"), (stats, "ret"), (stats, "len")]
+        head = self.agent.policy.actor_head
+        if hasattr(head, "weights"):  # gSDE's exploration matrices, drawn anew each rollout
+            carry.append((head, "weights"))
+        return GraphedCall(self._iteration, self.agent.device, carry, generators=[envs.generator])
+
+    def _iteration(self) -> tuple[dict[str, Tensor | int], list[tuple[Tensor, Tensor, Tensor]]]:
+        """What is recorded: a rollout and the update on it; returns the update's metrics and the
+        rollout's episode records (``TorchEpisodeStats.pending``)."""
+        buf = self.collect()
+        stats = self.collector.stats
+        pending, stats.pending = stats.pending, []
+        return self.agent.update_tensors(buf), pending
+
+    def iterate(self) -> dict[str, Any]:
+        agent = self.agent
+        start, t0 = agent.global_step, time.perf_counter()
+        lr, clip = agent.prepare_update(start)
+        out, pending = self.graph()
+        agent.global_step = start + self.buffer.num_steps * self.buffer.num_envs  # collect() counts in Python: not in a replay
+        agent.num_updates += 1
+        self.collector.stats.pending = pending
+        self.collector.stats.flush()  # read before the next replay writes over them
+        metrics = agent.finish_update(out, lr, clip)
+        metrics["time/iteration_s"] = time.perf_counter() - t0
+        return metrics
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.graph = self._new_graph()  # the loaded state is in new tensors: record anew
 
 
 class MetricWindow:
@@ -487,10 +537,13 @@ RUNNERS = {"on_policy": OnPolicyRunner, "off_policy": OffPolicyRunner}
 
 
 def make_runner(agent: Agent):
-    """The agent's own runner if it has one, else Ray rollout workers when ``workers > 0``, else ``RUNNERS[agent.loop]``."""
+    """The agent's own runner if it has one, else Ray rollout workers when ``workers > 0``, else
+    ``GraphedOnPolicyRunner`` for ``cuda_graph``, else ``RUNNERS[agent.loop]``."""
     own = getattr(agent, "make_runner", None)
     if own is not None:
         return own()
+    if getattr(agent.config, "cuda_graph", False):
+        return GraphedOnPolicyRunner(agent)
     if agent.config.env_backend == "torch" and agent.loop != "on_policy":
         raise ConfigError(f"{agent.name} cannot use env_backend=torch yet; only on-policy algorithms can")
     workers = getattr(agent.config, "workers", 0)

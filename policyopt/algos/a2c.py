@@ -102,5 +102,5 @@ class A2C(ActorCriticAgent):
             "loss/entropy": entropy.item(),
             "diag/grad_norm": grad_norm.item(),
             "diag/lr": lr,
-            "diag/explained_var": explained_variance(data["value"], v_target),
+            "diag/explained_var": explained_variance(data["value"], v_target).item(),
         }

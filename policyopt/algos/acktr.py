@@ -135,7 +135,7 @@ class ACKTR(ActorCriticAgent):
             "loss/entropy": entropy.item(),
             "diag/grad_norm": grad_norm.item(),
             "diag/lr": lr,
-            "diag/explained_var": explained_variance(data["value"], v_target),
+            "diag/explained_var": explained_variance(data["value"], v_target).item(),
         }
         for key, kfac in self.optimizers.items():
             kfac.lr = lr

@@ -130,7 +130,7 @@ class IMPALA(ActorCriticAgent):
             "diag/lr": lr,
             "diag/rho_mean": rhos.mean().item(),
             "diag/rho_clip_frac": (rhos > cfg.rho_bar * (1 + 1e-6)).float().mean().item(),  # float noise at pi == mu is no clip
-            "diag/ess": importance_ess(rhos),
-            "diag/explained_var": explained_variance(value.detach(), vs),
+            "diag/ess": importance_ess(rhos).item(),
+            "diag/explained_var": explained_variance(value.detach(), vs).item(),
             "diag/entropy": entropy.item(),
         }

@@ -66,6 +66,9 @@ class PPOConfig(ActorCriticConfig):
     target_kl: float | None = None  # stop the update once a minibatch's KL exceeds 1.5 * target_kl
     adam_eps: float = 1e-5
     compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
+    # with env_backend=torch: record the whole iteration (rollout and update) once and replay it
+    # (a CUDA graph on a GPU; loops.GraphedOnPolicyRunner)
+    cuda_graph: bool = False
     # the minibatch gradient from core.backprop's written-out backward pass instead of autograd:
     # faster on CPU, autograd's result up to float rounding (MLP actor-critics with separate networks, a
     # Categorical or Gaussian policy, objective clip or none). None: wherever it applies.
@@ -79,7 +82,21 @@ class PPOConfig(ActorCriticConfig):
             problems.append(f"closed_form_grad supports objective clip or none, not {self.objective!r}")
         if self.closed_form_grad and self.compile:
             problems.append("closed_form_grad and compile exclude each other: pick one")
+        if self.cuda_graph:
+            problems += graph_problems(self)
         return problems
+
+
+def graph_problems(cfg: PPOConfig) -> list[str]:
+    """What keeps an iteration from being recorded once and replayed (``cuda_graph``)."""
+    problems = []
+    if cfg.env_backend != "torch":
+        problems.append(f"cuda_graph records device envs' rollouts: it needs env_backend=torch, not {cfg.env_backend!r}")
+    if cfg.target_kl is not None:
+        problems.append("cuda_graph cannot stop an update early (target_kl): a replay runs every minibatch")
+    if cfg.compile or cfg.workers:
+        problems.append("cuda_graph excludes compile and workers")
+    return problems
 
 
 def kl_penalty_loss(ratio: Tensor, adv: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
@@ -189,9 +206,14 @@ class PPO(ActorCriticAgent):
             lr = torch.tensor(cfg.learning_rate, device=self.device)
             optimizer = torch.optim.Adam(self.params, lr=lr, eps=cfg.adam_eps, foreach=True, capturable=True)
         else:
-            optimizer = adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)
+            optimizer = adam(self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False, capturable=cfg.cuda_graph)
         self.optimizers = {"policy": optimizer}
         self.kl_coef = cfg.kl_coef if cfg.objective != "none" else 0.0
+        # (clip_coef, kl_coef) of the update: floats, or tensors that prepare_update fills in place
+        # (so that neither a compiled loss nor a recorded iteration holds them as constants)
+        self._coefs: tuple = (cfg.clip_coef, self.kl_coef)
+        if cfg.compile or cfg.cuda_graph:
+            self._coefs = tuple(torch.tensor(c, device=self.device) for c in self._coefs)
         if self._use_closed_form_grad():
             self.minibatch_step = self._closed_form_step
             self._traced_steps: dict[tuple, Callable[..., Tensor]] = {}  # ClosedFormStep, traced, by its constants
@@ -218,23 +240,44 @@ class PPO(ActorCriticAgent):
     def load_extra_state(self, state: dict) -> None:
         self.kl_coef = float(state["kl_coef"])
 
-    def _schedule(self, rollout: int) -> tuple[float, float]:
-        """Learning rate and clip range for this update, annealed by progress at rollout start."""
+    def _schedule(self, start: int) -> tuple[float, float]:
+        """Learning rate and clip range of the update of the rollout that began at step ``start``,
+        annealed by the progress there."""
         cfg = self.config
         first, last = self.schedule
-        done = max(0, self.global_step - rollout - first) / max(1, last - first)
+        done = max(0, start - first) / max(1, last - first)
         frac = 1.0 - min(1.0, done)
         lr = cfg.learning_rate * (frac if cfg.anneal_lr else 1.0)
         clip = cfg.clip_coef * (frac if cfg.anneal_clip else 1.0)
         return lr, clip
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
+        lr, clip = self.prepare_update(self.global_step - buf.num_steps * buf.num_envs)
+        return self.finish_update(self.update_tensors(buf), lr, clip)
+
+    def prepare_update(self, start: int) -> tuple[float, float]:
+        """Put the learning rate and clip range of the update of the rollout that began at step
+        ``start`` where the update reads them (into tensors in place, where they are tensors);
+        returns them. The host's part before ``update_tensors``."""
+        lr, clip = self._schedule(start)
+        set_lr(self.optimizers["policy"], lr)
+        if isinstance(self._coefs[0], Tensor):
+            for tensor, value in zip(self._coefs, (clip, self.kl_coef)):
+                tensor.fill_(value)
+        else:
+            self._coefs = (clip, self.kl_coef)
+        if self.minibatch_step == self._closed_form_step:
+            self._set_clip_range(clip)
+        return lr, clip
+
+    def update_tensors(self, buf: RolloutBuffer) -> dict[str, Tensor | int]:
+        """The update on the rollout in ``buf`` (GAE, then ``update_epochs`` epochs of minibatch
+        steps), with its metrics as tensors on the device: without ``target_kl`` it never waits
+        on the device, so that ``loops.GraphedOnPolicyRunner`` can record it."""
         cfg = self.config
         data = buf.flat("obs", "action", "logp", "value")
         data["adv"], data["v_target"] = rollout_gae(buf, cfg.gamma, cfg.gae_lambda)
         n = data["adv"].shape[0]
-        lr, clip = self._schedule(n)
-        set_lr(self.optimizers["policy"], lr)
         uses_kl = cfg.objective in ("adaptive_kl", "fixed_kl")
         old_params = {k: v.detach().clone() for k, v in self.policy.named_parameters()} if uses_kl else None
 
@@ -242,16 +285,14 @@ class PPO(ActorCriticAgent):
         steps = 0
         epochs_run = 0
         stop = False
-        coefs = (clip, self.kl_coef)
-        if cfg.compile:  # as tensors, so that an annealed or adapted value does not recompile
-            coefs = tuple(torch.tensor(c, device=self.device) for c in coefs)
         whole = n <= cfg.batch_size  # each epoch's one minibatch is the whole batch
         if whole:  # used as it is: shuffling its rows would change only float rounding
             data["adv"] = self._normalized(data["adv"])
         for _ in range(cfg.update_epochs):
             epochs_run += 1
-            for idx in [None] if whole else minibatch_indices(n, cfg.batch_size, self.device):
-                terms, approx_kl = self.minibatch_step(data, idx, coefs, old_params)
+            minibatches = [None] if whole else minibatch_indices(n, cfg.batch_size, self.device, cfg.cuda_graph)
+            for idx in minibatches:
+                terms, approx_kl = self.minibatch_step(data, idx, self._coefs, old_params)
                 sums += terms
                 steps += 1
                 if approx_kl is not None and approx_kl.item() > 1.5 * cfg.target_kl:
@@ -259,25 +300,25 @@ class PPO(ActorCriticAgent):
                     break
             if stop:
                 break
+        means = sums / steps
+        out = {"loss/policy": means[0], "loss/value": means[1], "loss/entropy": means[2], "diag/grad_norm": means[3]}
+        out["diag/explained_var"] = explained_variance(data["value"], data["v_target"])
+        out.update(self._ratio_diagnostics(data, self._coefs[0], old_params))
+        out["diag/epochs"] = epochs_run
+        return out
 
-        means = (sums / steps).tolist()
-        metrics = {
-            "loss/policy": means[0],
-            "loss/value": means[1],
-            "loss/entropy": means[2],
-            "diag/grad_norm": means[3],
-            "diag/lr": lr,
-            "diag/clip_coef": clip,
-            "diag/epochs": epochs_run,
-            "diag/explained_var": explained_variance(data["value"], data["v_target"]),
-        }
-        metrics.update(self._ratio_diagnostics(data, clip, old_params))
+    def finish_update(self, out: dict[str, Tensor | int], lr: float, clip: float) -> dict[str, float]:
+        """``update_tensors``'s metrics as numbers (one read from the device) with the learning
+        rate and clip range; adapts ``kl_coef`` for ``adaptive_kl``. The host's part after it."""
+        cfg = self.config
+        tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
+        metrics = dict(zip(tensors, torch.stack(list(tensors.values())).tolist()))
+        metrics.update({k: v for k, v in out.items() if not isinstance(v, Tensor)}, **{"diag/lr": lr, "diag/clip_coef": clip})
         if cfg.objective == "adaptive_kl":
             self.kl_coef = adapt_kl_coef(self.kl_coef, metrics["diag/kl"], cfg.kl_target)
-        if uses_kl:
+        if cfg.objective in ("adaptive_kl", "fixed_kl"):
             metrics["diag/kl_coef"] = self.kl_coef
         return metrics
-
     def _autograd_step(
         self, data: dict[str, Tensor], idx: Tensor | None, coefs: tuple, old_params: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor | None]:
@@ -324,12 +365,9 @@ class PPO(ActorCriticAgent):
         self, data: dict[str, Tensor], idx: Tensor | None, coefs: tuple, old_params: None
     ) -> tuple[Tensor, Tensor | None]:
         """``_autograd_step`` with the gradient written out by ``core.backprop``: ``ClosedFormStep``,
-        traced once per minibatch size and set of loss coefficients."""
+        traced once per minibatch size and set of loss coefficients (the clip range is an input:
+        ``_set_clip_range``)."""
         cfg, optimizer = self.config, self.optimizers["policy"]
-        clip = coefs[0]
-        if self._clip_range[0] != (clip, cfg.objective):  # (1 - c, 1 + c, clip), rounded from floats as the loss rounds them
-            outer = clip if cfg.objective == "clip" else math.inf
-            self._clip_range = ((clip, cfg.objective), torch.tensor([1.0 - outer, 1.0 + outer, clip], device=self.device))
         adam = optimizer.flat_step()
         if adam is None:  # parameters that stepped apart (a checkpoint's optimizer state): Adam's own step
             mb = self._minibatch(data, idx)
@@ -354,6 +392,17 @@ class PPO(ActorCriticAgent):
                 self._traced_steps[key] = trace(step, (*inputs, *[x.clone() for x in buffers]))
             out = self._traced_steps[key](*inputs, *buffers)
         return out[:4], out[4] if cfg.target_kl is not None else None
+
+    def _set_clip_range(self, clip: float) -> None:
+        """``ClosedFormGrad``'s ``clip_range`` input ``[1 - c, 1 + c, c]`` for clip coefficient ``c``
+        (rounded from floats as the loss rounds them), written into the same tensor each time."""
+        objective = self.config.objective
+        if self._clip_range[0] == (clip, objective):
+            return
+        outer = clip if objective == "clip" else math.inf
+        values = torch.tensor([1.0 - outer, 1.0 + outer, clip])
+        tensor = values.to(self.device) if self._clip_range[1] is None else self._clip_range[1].copy_(values)
+        self._clip_range = ((clip, objective), tensor)
 
     def _grad_inputs(self, mb: dict[str, Tensor]) -> tuple[Tensor, ...]:
         """``ClosedFormGrad``'s inputs from a minibatch (or the whole batch)."""
@@ -381,17 +430,17 @@ class PPO(ActorCriticAgent):
         return approx_kl(ratio, log_ratio).detach()
 
     @torch.no_grad()
-    def _ratio_diagnostics(self, data: dict[str, Tensor], clip: float, old_params: dict | None) -> dict[str, float]:
-        """Statistics of pi / pi_old over the whole batch after the update."""
+    def _ratio_diagnostics(self, data: dict[str, Tensor], clip: float | Tensor, old_params: dict | None) -> dict[str, Tensor]:
+        """Statistics of pi / pi_old over the whole batch after the update, as 0-dim tensors."""
         dist = self.policy.dist(data["obs"])
         log_ratio = dist.log_prob(data["action"]) - data["logp"]
         ratio = log_ratio.exp()
         out = {
-            "diag/approx_kl": approx_kl(ratio, log_ratio).item(),
-            "diag/clip_frac": ((ratio - 1.0).abs() > clip).float().mean().item(),
+            "diag/approx_kl": approx_kl(ratio, log_ratio),
+            "diag/clip_frac": ((ratio - 1.0).abs() > clip).float().mean(),
             "diag/ess": importance_ess(ratio),
-            "diag/entropy": dist.entropy().mean().item(),
+            "diag/entropy": dist.entropy().mean(),
         }
         if old_params is not None:
-            out["diag/kl"] = dist_kl(self.policy, old_params, data["obs"], dist).mean().item()
+            out["diag/kl"] = dist_kl(self.policy, old_params, data["obs"], dist).mean()
         return out

@@ -83,12 +83,16 @@ class RolloutBuffer:
         return {n: data[n].reshape(-1, *data[n].shape[2:]) for n in names}
 
 
-def minibatch_indices(batch: int, minibatch_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+def minibatch_indices(
+    batch: int, minibatch_size: int, device: torch.device | str = "cpu", capturable: bool = False
+) -> Iterator[Tensor]:
     """Shuffled index sets of size ``minibatch_size`` covering ``range(batch)`` once.
 
     A trailing remainder smaller than ``minibatch_size`` is kept as its own minibatch.
+    ``capturable``: the order of uniform draws sorted (a random permutation too), made only of
+    operations a CUDA graph can record, instead of ``torch.randperm``.
     """
-    perm = torch.randperm(batch, device=device)
+    perm = torch.rand(batch, device=device).argsort() if capturable else torch.randperm(batch, device=device)
     for start in range(0, batch, minibatch_size):
         yield perm[start : start + minibatch_size]
 

@@ -7,12 +7,11 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def explained_variance(pred: Tensor, target: Tensor) -> float:
-    """1 - Var[target - pred] / Var[target]: 1 is a perfect fit, 0 no better than a constant."""
+def explained_variance(pred: Tensor, target: Tensor) -> Tensor:
+    """1 - Var[target - pred] / Var[target]: 1 is a perfect fit, 0 no better than a constant;
+    NaN for a constant target. A 0-dim tensor (read without waiting on the device)."""
     var = target.var()
-    if var.item() == 0.0:
-        return float("nan")
-    return (1.0 - (target - pred).var() / var).item()
+    return torch.where(var == 0.0, torch.nan, 1.0 - (target - pred).var() / var)
 
 
 def approx_kl(ratio: Tensor, log_ratio: Tensor) -> Tensor:
@@ -22,10 +21,10 @@ def approx_kl(ratio: Tensor, log_ratio: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def importance_ess(ratio: Tensor) -> float:
+def importance_ess(ratio: Tensor) -> Tensor:
     """Normalized effective sample size of importance weights, (sum w)^2 / (n * sum w^2), in (0, 1].
 
     1 when every ratio pi/pi_old is equal (on-policy data); near 1/n when one sample dominates.
-    Kong (1992); see Owen, "Monte Carlo theory, methods and examples", ch. 9.3.
+    Kong (1992); see Owen, "Monte Carlo theory, methods and examples", ch. 9.3. A 0-dim tensor.
     """
-    return (ratio.sum().pow(2) / (ratio.numel() * ratio.pow(2).sum())).item()
+    return ratio.sum().pow(2) / (ratio.numel() * ratio.pow(2).sum())
