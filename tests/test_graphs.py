@@ -68,6 +68,9 @@ def run(env_id: str, warmup: int, device: str = "cpu", iterations: int = 14, **o
 @pytest.mark.parametrize("env_id,overrides", [
     ("CartPole-v1", {}),
     ("Pendulum-v1", {"normalize_obs": True, "normalize_reward": True}),  # 14 x 16 steps: episodes truncated at 200
+    ("CartPole-v1", {"shared_network": True}),  # the gradient by autograd, not core.backprop
+    ("CartPole-v1", {"objective": "adaptive_kl"}),  # kl_coef adapted on the host, read from a tensor
+    ("Pendulum-v1", {"policy": "gsde", "log_std_init": -2.0}),  # exploration matrices redrawn per rollout
 ])
 def test_replayed_iterations_equal_eager_ones_bit_for_bit(env_id, overrides, device):
     """Everything an iteration changes (parameters, optimizer, envs, episode statistics, the
