@@ -20,6 +20,7 @@ from policyopt.core.optim import (
     flat_grad,
     flat_params,
     natural_gradient_step,
+    set_lr,
 )
 from policyopt.loops import make_runner
 
@@ -411,3 +412,31 @@ def test_flat_adam_state_loads_both_ways_with_torch_adam():
             opt.step()
     for a, b, x, y in zip(flat_copy, ref_copy, ours, ref):
         assert torch.equal(a, x) and torch.equal(b, y) and torch.equal(a, b)
+
+
+def test_capturable_flat_adam_counts_and_reads_its_rate_on_the_device():
+    """``capturable=True``: the step count and the learning rate are tensors (set_lr fills the
+    rate in place, as a recorded step reads it), the step's scalars are computed from them, and
+    the run is torch.optim.Adam's bit for bit (on the CPU); its state loads into a plain FlatAdam
+    and back."""
+    ours, ref = _param_pair()
+    flat = FlatAdam(ours, lr=3e-3, eps=1e-5, capturable=True)
+    adam = torch.optim.Adam(ref, lr=3e-3, eps=1e-5, foreach=True)
+    rate = flat.param_groups[0]["lr"]
+    gen = torch.Generator().manual_seed(5)
+    for step in range(20):
+        _set_grads(ours, ref, gen)
+        set_lr(flat, 3e-3 * (1 - step / 20))
+        set_lr(adam, 3e-3 * (1 - step / 20))
+        flat.clip_and_step(0.5)
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+        adam.step()
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+    assert flat.param_groups[0]["lr"] is rate and isinstance(flat._step, torch.Tensor) and flat._step == 20
+    plain = FlatAdam(_param_pair()[0], lr=1.0)
+    plain.load_state_dict(_saved_and_loaded(flat.state_dict()))
+    assert plain.param_groups[0]["lr"] == pytest.approx(3e-3 / 20) and not isinstance(plain.param_groups[0]["lr"], torch.Tensor)
+    again = FlatAdam(_param_pair()[0], lr=1.0, capturable=True)
+    again.load_state_dict(_saved_and_loaded(plain.state_dict()))
+    assert isinstance(again.param_groups[0]["lr"], torch.Tensor) and again._step == 20

@@ -80,8 +80,8 @@ class FlatAdam(torch.optim.Optimizer):
     ``capturable=True`` keeps the step count and the learning rate (``set_lr`` fills it in place)
     as tensors on the parameters' device and computes each step's scalars there, so that a
     recorded step (a CUDA graph, ``graphs.GraphedCall``) counts its steps and reads the current rate
-    when replayed. Its bias corrections are rounded by the device's ``pow``, not the host's: the
-    same to float32 rounding, not always to the bit.
+    when replayed. Its bias corrections come from the device's ``pow``: on the CPU the same bits
+    as the host's (tested), on a GPU possibly not in the last bit.
     """
 
     def __init__(
