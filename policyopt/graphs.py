@@ -109,8 +109,12 @@ class GraphedCall:
         graph = torch.cuda.CUDAGraph()
         for generator in self.generators:
             graph.register_generator_state(generator)
-        with torch.cuda.graph(graph):
-            out = self._carried_body()
+        try:
+            with torch.cuda.graph(graph):
+                out = self._carried_body()
+        except RuntimeError as error:
+            raise RuntimeError(f"recording the iteration as a CUDA graph failed ({error}); "
+                               "with cuda_graph=false it runs eagerly") from error
         graph.replay()
 
         def replay() -> Any:

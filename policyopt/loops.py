@@ -43,8 +43,8 @@ from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
 from policyopt.envs.vector import Step, VecEnv, make_vec_env
 from policyopt.evaluation import critic_bias
-from policyopt.logging import Logger, ProgressBar
 from policyopt.graphs import GraphedCall
+from policyopt.logging import Logger, ProgressBar
 from policyopt.runtime import flush_denormals, tune_malloc
 
 if TYPE_CHECKING:

@@ -67,7 +67,8 @@ class PPOConfig(ActorCriticConfig):
     adam_eps: float = 1e-5
     compile: bool = False  # torch.compile the minibatch loss and the Adam step (seconds of compiling first)
     # with env_backend=torch: record the whole iteration (rollout and update) once and replay it
-    # (a CUDA graph on a GPU; loops.GraphedOnPolicyRunner)
+    # (loops.GraphedOnPolicyRunner): a CUDA graph on a GPU; on the CPU an FX graph with the same
+    # rules, slower than running the iteration itself (it is there to test the GPU's record)
     cuda_graph: bool = False
     # the minibatch gradient from core.backprop's written-out backward pass instead of autograd:
     # faster on CPU, autograd's result up to float rounding (MLP actor-critics with separate networks, a
