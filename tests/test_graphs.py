@@ -17,15 +17,18 @@ from policyopt.loops import make_runner, resume
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
-def test_replays_continue_from_the_carried_tensors_and_draw_anew():
-    """A body that replaces its state and draws from a generator of its own: replays go on where
-    the last call ended, with fresh draws, as calls of the body itself do."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_replays_continue_from_the_carried_tensors_and_draw_anew(device):
+    """A body that replaces its state and draws from a generator of its own and from the device's
+    default one: replays go on where the last call ended, with fresh draws, as calls of the body
+    itself do."""
 
     def make():
-        state = types.SimpleNamespace(x=torch.zeros(3), generator=torch.Generator().manual_seed(0))
+        state = types.SimpleNamespace(x=torch.zeros(3, device=device), generator=torch.Generator(device).manual_seed(0))
 
         def body():
-            state.x = state.x * 0.5 + torch.rand(3, generator=state.generator) + torch.rand(3)
+            noise = torch.rand(3, generator=state.generator, device=device) + torch.rand(3, device=device)
+            state.x = state.x * 0.5 + noise
             return {"x": state.x.clone(), "sum": state.x.sum(), "label": "step"}
 
         return state, body
@@ -35,8 +38,8 @@ def test_replays_continue_from_the_carried_tensors_and_draw_anew():
     eager = [body() for _ in range(5)]
     torch.manual_seed(1)
     state, body = make()
-    graphed = GraphedCall(body, torch.device("cpu"), carry=[(state, "x")], generators=[state.generator], warmup=1)
-    calls = [graphed() for _ in range(5)]
+    graphed = GraphedCall(body, torch.device(device), carry=[(state, "x")], generators=[state.generator], warmup=1)
+    calls = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in graphed().items()} for _ in range(5)]
     assert graphed.recorded
     for a, b in zip(eager, calls, strict=True):
         assert torch.equal(a["x"], b["x"]) and torch.equal(a["sum"], b["sum"]) and b["label"] == "step"
