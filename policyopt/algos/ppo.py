@@ -314,12 +314,14 @@ class PPO(ActorCriticAgent):
         cfg = self.config
         tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
         metrics = dict(zip(tensors, torch.stack(list(tensors.values())).tolist()))
-        metrics.update({k: v for k, v in out.items() if not isinstance(v, Tensor)}, **{"diag/lr": lr, "diag/clip_coef": clip})
+        metrics.update({k: v for k, v in out.items() if not isinstance(v, Tensor)})
+        metrics["diag/lr"], metrics["diag/clip_coef"] = lr, clip
         if cfg.objective == "adaptive_kl":
             self.kl_coef = adapt_kl_coef(self.kl_coef, metrics["diag/kl"], cfg.kl_target)
-        if cfg.objective in ("adaptive_kl", "fixed_kl"):
+        if "diag/kl" in metrics:  # a KL objective: the update measured KL[pi_old, pi]
             metrics["diag/kl_coef"] = self.kl_coef
         return metrics
+
     def _autograd_step(
         self, data: dict[str, Tensor], idx: Tensor | None, coefs: tuple, old_params: dict[str, Tensor] | None
     ) -> tuple[Tensor, Tensor | None]:
