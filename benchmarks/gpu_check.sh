@@ -21,4 +21,5 @@ bench() { timeout "$1" python3 benchmarks/torch_env_ppo.py --device cuda --num-e
 bench 150 --steps 5000000 --seeds 0 1 2                         # recorded iterations: steps/s and return
 bench 90 --steps 5000000 --seeds 0 --set cuda_graph=false        # the same, every kernel launched from Python
 bench 60 --steps 5000000 --seeds 0 --set num_steps=16 --set update_epochs=2  # half the updates per step
+bench 60 --steps 20000000 --seeds 0                                # the start-up spread over 4x the steps
 cp benchmarks/results/torch_env_ppo.md "$OUT/"
