@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue #6's GPU checks in one run on a lent device machine (/work/.library/device): the CUDA
 # tests, then PPO on the batched CartPole with 2048 envs, recorded iterations (cuda_graph) and
-# eager ones, appended to benchmarks/results/torch_env_ppo.md and copied to $OUT.
+# eager ones, appended to benchmarks/results/torch_env_ppo.md and copied to $OUT; last, the time
+# and kernels of one replayed iteration (benchmarks/replay_profile.py). It took 114 s on an H200.
 #
 # The machine has PyTorch but not Gymnasium; bring its wheels first, here, in the repo's root:
 #   echo /.whl/ >> .git/info/exclude
@@ -22,4 +23,6 @@ bench 150 --steps 5000000 --seeds 0 1 2                         # recorded itera
 bench 90 --steps 5000000 --seeds 0 --set cuda_graph=false        # the same, every kernel launched from Python
 bench 60 --steps 5000000 --seeds 0 --set num_steps=16 --set update_epochs=2  # half the updates per step
 bench 60 --steps 20000000 --seeds 0                                # the start-up spread over 4x the steps
+timeout 60 python3 benchmarks/replay_profile.py --num-envs 2048 --table 2>&1 | grep -v "^step"  # a replay's time and kernels
+timeout 45 python3 benchmarks/replay_profile.py --num-envs 8192 2>&1 | grep -v "^step"
 cp benchmarks/results/torch_env_ppo.md "$OUT/"
