@@ -36,15 +36,14 @@ def backward_recursion(deltas: Tensor, decay: Tensor) -> Tensor:
     if deltas.device.type == "cpu" and not (deltas.requires_grad or decay.requires_grad or recording()):
         d, k = deltas.numpy(), decay.numpy()
         out = np.empty_like(d)
-        running = np.zeros_like(d[0])
-        for t in range(d.shape[0] - 1, -1, -1):
-            running = np.add(d[t], np.multiply(k[t], running), out=out[t])
+        out[-1] = d[-1]
+        for t in range(d.shape[0] - 2, -1, -1):
+            np.add(d[t], np.multiply(k[t], out[t + 1]), out=out[t])
         return torch.from_numpy(out)
-    out = torch.empty_like(deltas)
-    running = torch.zeros_like(deltas[0])
-    for t in reversed(range(deltas.shape[0])):
-        running = deltas[t] + decay[t] * running
-        out[t] = running
+    out, product = torch.empty_like(deltas), torch.empty_like(deltas[0])
+    out[-1] = deltas[-1]
+    for t in range(deltas.shape[0] - 2, -1, -1):  # two operations a step (kernels on a GPU; addcmul would fuse the rounding)
+        torch.add(deltas[t], torch.mul(decay[t], out[t + 1], out=product), out=out[t])
     return out
 
 
