@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from policyopt.core.diagnostics import approx_kl
-from policyopt.core.returns import discounted_returns, gae, next_values_from, nstep_returns, standardize, vtrace
+from policyopt.core.returns import backward_recursion, discounted_returns, gae, next_values_from, nstep_returns, standardize, vtrace
 
 
 def random_rollout(T=12, N=3, seed=0):
@@ -55,6 +56,30 @@ def brute_force_returns(rewards, next_values, terminated, dones, gamma):
                 k += 1
             out[t, n] = total
     return out
+
+
+class _PassThrough(TorchDispatchMode):
+    """Watches the tensor operations (``graphs.recording()`` is then true) and runs them."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_recursion_agrees_on_all_its_paths_and_differentiates():
+    """x_t = d_t + k_t x_{t+1}: the NumPy loop, the tensor loop (taken while a record watches) and
+    the autograd loop give the same bits; d(sum x)/d d_t = sum over s <= t of k_s ... k_{t-1}."""
+    gen = torch.Generator().manual_seed(0)
+    d, k = torch.randn(7, 3, generator=gen), torch.rand(7, 3, generator=gen)
+    numpy_path = backward_recursion(d, k)
+    with _PassThrough():
+        tensor_path = backward_recursion(d, k)
+    d_grad = d.clone().requires_grad_()
+    autograd_path = backward_recursion(d_grad, k)
+    autograd_path.sum().backward()
+    for x in (tensor_path, autograd_path.detach()):
+        assert torch.equal(x, numpy_path)
+    expected = torch.stack([sum(torch.prod(k[s:t], dim=0) for s in range(t + 1)) for t in range(7)])
+    torch.testing.assert_close(d_grad.grad, expected)
 
 
 @pytest.mark.parametrize("gamma,lam", [(0.99, 0.95), (0.9, 0.0), (0.8, 1.0)])

@@ -40,6 +40,11 @@ def backward_recursion(deltas: Tensor, decay: Tensor) -> Tensor:
         for t in range(d.shape[0] - 2, -1, -1):
             np.add(d[t], np.multiply(k[t], out[t + 1]), out=out[t])
         return torch.from_numpy(out)
+    if torch.is_grad_enabled() and (deltas.requires_grad or decay.requires_grad):  # out= records no gradient
+        xs = [deltas[-1]]
+        for t in range(deltas.shape[0] - 2, -1, -1):
+            xs.append(deltas[t] + decay[t] * xs[-1])
+        return torch.stack(xs[::-1])
     out, product = torch.empty_like(deltas), torch.empty_like(deltas[0])
     out[-1] = deltas[-1]
     for t in range(deltas.shape[0] - 2, -1, -1):  # two operations a step (kernels on a GPU; addcmul would fuse the rounding)
