@@ -440,3 +440,28 @@ def test_capturable_flat_adam_counts_and_reads_its_rate_on_the_device():
     again = FlatAdam(_param_pair()[0], lr=1.0, capturable=True)
     again.load_state_dict(_saved_and_loaded(plain.state_dict()))
     assert isinstance(again.param_groups[0]["lr"], torch.Tensor) and again._step == 20
+
+
+def test_planned_flat_adam_steps_are_torch_adams():
+    """``plan(n, lr)``: the next n steps read scalars computed on the host, a step past them
+    computes its own on the device; every step is torch.optim.Adam's bit for bit."""
+    ours, ref = _param_pair()
+    flat = FlatAdam(ours, lr=3e-3, eps=1e-5, capturable=True)
+    adam = torch.optim.Adam(ref, lr=3e-3, eps=1e-5, foreach=True)
+    gen = torch.Generator().manual_seed(7)
+    for update in range(4):
+        lr = 3e-3 * (1 - update / 4)
+        set_lr(flat, lr)
+        set_lr(adam, lr)
+        flat.plan(3, lr)
+        for _ in range(4):  # one step more than planned
+            _set_grads(ours, ref, gen)
+            flat.clip_and_step(0.5)
+            torch.nn.utils.clip_grad_norm_(ref, 0.5)
+            adam.step()
+            for a, b in zip(ours, ref):
+                assert torch.equal(a, b)
+        assert flat._plan_next == flat._plan_end == 3  # the plan was read
+    assert flat._step == 16
+    with pytest.raises(RuntimeError, match="capturable"):
+        FlatAdam(_param_pair()[0], lr=1.0).plan(2, 1.0)

@@ -35,7 +35,7 @@ from policyopt.core.buffers import RolloutBuffer, minibatch_indices
 from policyopt.core.diagnostics import approx_kl, explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
-from policyopt.core.optim import adam, clip_and_step, set_lr
+from policyopt.core.optim import FlatAdam, adam, clip_and_step, set_lr
 from policyopt.core.returns import rollout_gae, standardize
 from policyopt.runtime import trace
 
@@ -261,7 +261,11 @@ class PPO(ActorCriticAgent):
         ``start`` where the update reads them (into tensors in place, where they are tensors);
         returns them. The host's part before ``update_tensors``."""
         lr, clip = self._schedule(start)
-        set_lr(self.optimizers["policy"], lr)
+        optimizer, cfg = self.optimizers["policy"], self.config
+        set_lr(optimizer, lr)
+        if isinstance(optimizer, FlatAdam) and optimizer.capturable:  # the update's Adam scalars, from the host
+            batch = cfg.num_steps * cfg.num_envs
+            optimizer.plan(cfg.update_epochs * (1 if batch <= cfg.batch_size else math.ceil(batch / cfg.batch_size)), lr)
         if isinstance(self._coefs[0], Tensor):
             for tensor, value in zip(self._coefs, (clip, self.kl_coef)):
                 tensor.fill_(value)

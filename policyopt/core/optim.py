@@ -81,7 +81,10 @@ class FlatAdam(torch.optim.Optimizer):
     as tensors on the parameters' device and computes each step's scalars there, so that a
     recorded step (a CUDA graph, ``graphs.GraphedCall``) counts its steps and reads the current rate
     when replayed. Its bias corrections come from the device's ``pow``: on the CPU the same bits
-    as the host's (tested), on a GPU possibly not in the last bit.
+    as the host's (tested), on a GPU possibly not in the last bit. A caller that knows how many
+    steps come next and at what rate (PPO's update) can ``plan`` them instead: the host computes
+    their scalars, as a plain FlatAdam does, and the steps read them from a device table, which
+    saves a recorded step its ten scalar kernels.
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class FlatAdam(torch.optim.Optimizer):
         self._step: Tensor | None = None  # the step count every parameter shares, while they all step together
         self._kernels: dict[tuple, Callable[..., Tensor]] = {}  # _ClippedAdamStep, traced, by its constants
         self._grad: tuple[Tensor, list[Tensor]] | None = None  # grad_buffer(): built at its first call
+        self._planned: Tensor | None = None  # plan(): [steps, 2] scalars on the device, read in turn
+        self._plan_next = self._plan_end = 0  # the row the next step reads; the plan's length
 
     def _build(self) -> None:
         states = [self.state[p] for p in self.params]
@@ -126,6 +131,7 @@ class FlatAdam(torch.optim.Optimizer):
             p.data = part.view_as(p)  # the parameters live in theta from here on
         self._flat = (flats[0], flats[1], theta)
         self._grad = None
+        self._plan_next = self._plan_end = 0  # a plan counted from the old step count is void
         self._addresses = [p.data_ptr() for p in self.params]
         steps = {float(st["step"]) for st in states}
         device = self.params[0].device if self.capturable else None
@@ -200,6 +206,9 @@ class FlatAdam(torch.optim.Optimizer):
         group = self.param_groups[0]
         lr, (beta1, beta2) = group["lr"], group["betas"]
         self._step += 1
+        if self._plan_next < self._plan_end:  # planned: the host's numbers, put on the device by plan()
+            self._plan_next += 1
+            return (*self._flat, self._planned[self._plan_next - 1])
         if self.capturable:  # the same formulas on the device, in float64 there
             t = self._step.double()
             scalars = torch.stack([(1 - beta2**t).sqrt(), lr / (1 - beta1**t) * -1])
@@ -210,6 +219,31 @@ class FlatAdam(torch.optim.Optimizer):
         # them; a CPU tensor, which kernels on any device read as a scalar argument (no copy)
         scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=self._flat[0].dtype)
         return (*self._flat, scalars)
+
+    def plan(self, num_steps: int, lr: float) -> None:
+        """``capturable`` only: compute the scalars of the next ``num_steps`` steps at rate ``lr`` on
+        the host (the bits of a plain FlatAdam's steps) into a device table, which those steps read
+        row by row; a step past them computes its own. Called outside a record, before the steps
+        (it reads the step count from the device). The table is made once and filled in place, so
+        that a recorded step keeps reading it; a longer plan than the first makes it anew, which a
+        record made before would not see, so plans of one length are what a recorded loop takes."""
+        if not self.capturable:
+            raise RuntimeError("plan() is for a capturable FlatAdam")
+        if self._flat is None or any(p.data_ptr() != a for p, a in zip(self.params, self._addresses)):
+            self._build()
+        self._plan_next = self._plan_end = 0
+        if self._step is None:  # the parameters step apart: no shared count to plan from
+            return
+        (beta1, beta2), start = self.param_groups[0]["betas"], int(self._step.item())
+        rows = []
+        for t in range(start + 1, start + num_steps + 1):
+            bias_correction1, bias_correction2 = 1 - beta1 ** float(t), 1 - beta2 ** float(t)
+            rows.append([bias_correction2**0.5, (lr / bias_correction1) * -1])
+        table = torch.tensor(rows, dtype=self._flat[0].dtype)
+        if self._planned is None or len(self._planned) < num_steps:
+            self._planned = torch.empty_like(table, device=self._flat[0].device)
+        self._planned[:num_steps].copy_(table)
+        self._plan_end = num_steps
 
     def grad_buffer(self) -> tuple[Tensor, list[Tensor]]:
         """A flat gradient laid out as ``theta`` and a view of it shaped as each parameter, for a
