@@ -162,10 +162,10 @@ def cartpole_step(state: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor
         reward     = 1 on every step, the terminating one included (as in Gymnasium)
 
     ``state = [x, x_dot, theta, theta_dot]`` ``[N, 4]`` float64 (l is half the pole's length),
-    ``action`` ``[N]`` in {0, 1}. Each line below is one tensor operation (``addcmul(a, b, c, value=k)``
-    is ``a + k * b * c``), the constants divided out beforehand: 16 operations a step, where the
-    formulas as written take 31, which counts on a GPU (a kernel each). The result differs from
-    Gymnasium's in the last bits of float64 (tests/test_torch_envs.py: within 1e-5 over whole episodes).
+    ``action`` ``[N]`` in {0, 1}. Written in few tensor operations, the constants divided out
+    beforehand (``addcmul(a, b, c, value=k)`` is ``a + k * b * c``): 16 a step, where the formulas
+    as written take 31, and on a GPU each is a kernel. The result differs from Gymnasium's in the
+    last bits of float64 (tests/test_torch_envs.py: within 1e-5, step for step).
     """
     force_over_mass, four_thirds_l, limits = _cartpole_constants(state.device)
     _, x_dot, theta, theta_dot = state.unbind(-1)
