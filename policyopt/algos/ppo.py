@@ -31,7 +31,7 @@ from torch import Tensor
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.config import ConfigError, minibatch_problems
 from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, rows, unsupported, value_loss_with_grad
-from policyopt.core.buffers import RolloutBuffer, minibatch_indices
+from policyopt.core.buffers import RolloutBuffer, minibatch_indices, num_minibatches
 from policyopt.core.diagnostics import approx_kl, explained_variance, importance_ess
 from policyopt.core.losses import clipped_surrogate_loss, dist_kl, value_loss
 from policyopt.core.nets import ActorCritic
@@ -264,8 +264,7 @@ class PPO(ActorCriticAgent):
         optimizer, cfg = self.optimizers["policy"], self.config
         set_lr(optimizer, lr)
         if isinstance(optimizer, FlatAdam) and optimizer.capturable:  # the update's Adam scalars, from the host
-            batch = cfg.num_steps * cfg.num_envs
-            optimizer.plan(cfg.update_epochs * (1 if batch <= cfg.batch_size else math.ceil(batch / cfg.batch_size)), lr)
+            optimizer.plan(cfg.update_epochs * num_minibatches(cfg.num_steps * cfg.num_envs, cfg.batch_size), lr)
         if isinstance(self._coefs[0], Tensor):
             for tensor, value in zip(self._coefs, (clip, self.kl_coef)):
                 tensor.fill_(value)

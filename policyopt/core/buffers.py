@@ -8,6 +8,7 @@ the rollout buffer stacks each field once per rollout.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -95,6 +96,11 @@ def minibatch_indices(
     perm = torch.rand(batch, device=device).argsort() if capturable else torch.randperm(batch, device=device)
     for start in range(0, batch, minibatch_size):
         yield perm[start : start + minibatch_size]
+
+
+def num_minibatches(batch: int, minibatch_size: int) -> int:
+    """How many index sets ``minibatch_indices`` yields (the remainder is one more)."""
+    return math.ceil(batch / minibatch_size)
 
 
 class ReplayBuffer:

@@ -199,8 +199,7 @@ class FlatAdam(torch.optim.Optimizer):
     def flat_step(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
         """Count a step and return ``(m, v, theta, scalars)``, the inputs of ``kernel`` for it; None
         while the parameters step apart (see ``_partial_update``), and then nothing is counted."""
-        if self._flat is None or any(p.data_ptr() != a for p, a in zip(self.params, self._addresses)):
-            self._build()  # first step, or a parameter's data was replaced (``.data =``, ``.to()``): theta anew
+        self._build_if_stale()
         if self._step is None:
             return None
         group = self.param_groups[0]
@@ -213,12 +212,20 @@ class FlatAdam(torch.optim.Optimizer):
             t = self._step.double()
             scalars = torch.stack([(1 - beta2**t).sqrt(), lr / (1 - beta1**t) * -1])
             return (*self._flat, scalars.to(self._flat[0].dtype))
-        t = float(self._step)
-        bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
-        # the step's two changing scalars, rounded to the parameters' dtype as Adam's kernels round
-        # them; a CPU tensor, which kernels on any device read as a scalar argument (no copy)
-        scalars = torch.tensor([bias_correction2**0.5, (lr / bias_correction1) * -1], dtype=self._flat[0].dtype)
-        return (*self._flat, scalars)
+        # rounded to the parameters' dtype as Adam's kernels round them; a CPU tensor, which kernels on
+        # any device read as a scalar argument (no copy)
+        return (*self._flat, torch.tensor(self._host_scalars(float(self._step), lr), dtype=self._flat[0].dtype))
+
+    def _build_if_stale(self) -> None:
+        """``_build`` at the first step, or where a parameter's data was replaced (``.data =``,
+        ``.to()``): theta anew."""
+        if self._flat is None or any(p.data_ptr() != a for p, a in zip(self.params, self._addresses)):
+            self._build()
+
+    def _host_scalars(self, t: float, lr: float) -> list[float]:
+        """Step ``t``'s two changing scalars ``[sqrt(1 - beta2^t), -lr / (1 - beta1^t)]``, in Python floats."""
+        beta1, beta2 = self.param_groups[0]["betas"]
+        return [(1 - beta2**t) ** 0.5, (lr / (1 - beta1**t)) * -1]
 
     def plan(self, num_steps: int, lr: float) -> None:
         """``capturable`` only: compute the scalars of the next ``num_steps`` steps at rate ``lr`` on
@@ -229,16 +236,12 @@ class FlatAdam(torch.optim.Optimizer):
         record made before would not see, so plans of one length are what a recorded loop takes."""
         if not self.capturable:
             raise RuntimeError("plan() is for a capturable FlatAdam")
-        if self._flat is None or any(p.data_ptr() != a for p, a in zip(self.params, self._addresses)):
-            self._build()
+        self._build_if_stale()
         self._plan_next = self._plan_end = 0
         if self._step is None:  # the parameters step apart: no shared count to plan from
             return
-        (beta1, beta2), start = self.param_groups[0]["betas"], int(self._step.item())
-        rows = []
-        for t in range(start + 1, start + num_steps + 1):
-            bias_correction1, bias_correction2 = 1 - beta1 ** float(t), 1 - beta2 ** float(t)
-            rows.append([bias_correction2**0.5, (lr / bias_correction1) * -1])
+        start = int(self._step.item())
+        rows = [self._host_scalars(float(t), lr) for t in range(start + 1, start + num_steps + 1)]
         table = torch.tensor(rows, dtype=self._flat[0].dtype)
         if self._planned is None or len(self._planned) < num_steps:
             self._planned = torch.empty_like(table, device=self._flat[0].device)
