@@ -217,6 +217,36 @@ def test_a_trace_runs_unoptimized_and_leaves_the_executor_setting_as_it_was(opti
         torch._C._set_graph_executor_optimize(previous)
 
 
+class Numbers(torch.nn.Module):
+    """Python numbers in float32, float64 and bfloat16 arithmetic, in place and not."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a = (x * 0.1 + 1e-8) / 3 - 0.7
+        a.mul_(0.999).add_(1e-5)
+        return a, x.sum() * 0.1 + 1e-8, y * 0.1 + 1e-8, z * 0.1 + 1e-3
+
+
+def number_casts_per_call(fn, inputs: tuple) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn(*inputs)
+    return sum(e.name == "aten::_to_copy" for e in prof.events())
+
+
+def test_a_trace_stores_its_numbers_in_the_dtype_they_are_computed_in():
+    """The numbers a trace holds as float64 constants are cast to float32 once, not at every
+    call, with the same bits; a bfloat16 op keeps its number as it is (it computes in float32)."""
+    inputs = (torch.randn(64), torch.randn(64, dtype=torch.float64), torch.randn(64).bfloat16())
+    traced = trace(Numbers(), inputs)
+    expected = Numbers()(*inputs)
+    assert all(torch.equal(out, want) and out.dtype == want.dtype for out, want in zip(traced(*inputs), expected))
+    bfloat16_part = torch.jit.trace(lambda z: z * 0.1 + 1e-3, inputs[2:])  # its casts are all that remain
+    assert number_casts_per_call(traced, inputs) == number_casts_per_call(bfloat16_part, inputs[2:]) > 0
+    constants = [n for n in traced.forward.graph.nodes() if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"]
+    float32_users = [u.user for n in constants if n.t("value").dtype != torch.float32 for u in n.output().uses()
+                     if u.user.output().type().scalarType() == "Float"]
+    assert not float32_users
+
+
 def test_trace_falls_back_to_the_module_where_torch_jit_trace_is_gone(monkeypatch):
     monkeypatch.delattr(torch.jit, "trace")
     module = Noisy()
