@@ -352,7 +352,7 @@ class OnPolicyRunner:
         all, without a sync, at the rollout's end: one batch instead of ~10 ops a step.)"""
         agent = self.agent
         if not (step.ended and step.truncated.any()):
-            if self._zeros is None or len(self._zeros) != len(step.reward):
+            if self._zeros is None or self._zeros.shape[0] != len(step.reward):  # (Tensor.__len__ is slower)
                 self._zeros = torch.zeros(len(step.reward), device=agent.device)
             return self._zeros  # read only: the buffer copies it when it stacks the rollout
         final_value = torch.zeros(len(step.reward), device=agent.device)

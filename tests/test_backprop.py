@@ -6,7 +6,7 @@ import torch
 
 from policyopt.algos.ppo import PPO
 from policyopt.config import ConfigError
-from policyopt.core.backprop import ForwardPass, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
+from policyopt.core.backprop import ForwardPass, FunctionalPolicy, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
 from policyopt.core.losses import clipped_surrogate_loss, value_loss
 from policyopt.core.nets import ActorCritic, sigmoid_tanh
 
@@ -72,6 +72,24 @@ def test_gradient_equals_autograd(space, hidden, activation, clip_vloss, ent_coe
     for p, g in zip(policy.parameters(), expected):
         assert grads[p].shape == p.shape
         torch.testing.assert_close(grads[p], g, rtol=1e-5, atol=1e-6 * g.abs().max().item() + 1e-12)
+
+
+@pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
+@pytest.mark.parametrize("hidden,activation", [((64, 64), "tanh"), ((32,), "relu"), ((), "tanh")])
+def test_the_functional_policy_computes_the_modules_bits_and_reads_parameters_live(space, hidden, activation):
+    torch.manual_seed(0)
+    policy = ActorCritic(OBS_DIM, space, hidden, activation, log_std_init=-0.5)
+    functional, obs = FunctionalPolicy(policy), torch.randn(8, OBS_DIM)
+    with torch.no_grad():
+        for _ in range(2):
+            dist, value = policy.dist_and_value(obs)
+            mine, my_value = functional.dist_and_value(obs)
+            assert type(mine) is type(dist) and torch.equal(my_value, value)
+            assert all(torch.equal(getattr(mine, k), getattr(dist, k)) for k in ("raw", "mean", "log_std") if hasattr(dist, k))
+            for p in policy.parameters():  # an optimizer step in place, then a parameter's data re-pointed
+                p.add_(0.1)
+            layer = policy.actor_body[0] if hidden else policy.critic[0]
+            layer.weight.data = layer.weight.data * 2.0
 
 
 @pytest.mark.parametrize("space,kwargs,reason", [

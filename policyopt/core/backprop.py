@@ -38,11 +38,13 @@ Categorical or a diagonal Gaussian head (``unsupported`` says why another networ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policyopt.core.distributions import LOG_SQRT_2PI, action_index
+from policyopt.core.distributions import LOG_SQRT_2PI, Categorical, DiagGaussian, action_index
 from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, tanh
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
@@ -98,6 +100,40 @@ def _mlp_backward(
         if k > 0:
             grad = grad.mm(layer.weight)
     return grad
+
+
+class FunctionalPolicy:
+    """``dist(obs)`` and ``dist_and_value(obs)`` of a supported policy, what the policy's methods
+    of these names compute, by the same ops (the same bits) as functional calls over a list of
+    its layers made once: no module call and no per-layer lookup. ``agent.SampleStep`` calls it
+    at every rollout step, where the Python between two env steps runs with cold CPU caches
+    (a lookup costs several times what it costs in a loop). The list holds the parameters
+    themselves, which optimizers update in place (``FlatAdam`` re-points their ``data``)."""
+
+    def __init__(self, policy: ActorCritic):
+        self.actor, self.critic = (_layer_calls(net) for net in (policy.actor_body, policy.critic))
+        head = policy.actor_head
+        self.categorical = isinstance(head, CategoricalHead)
+        out = head.logits if self.categorical else head.mean
+        self.head, self.log_std = (out.weight, out.bias), None if self.categorical else head.log_std
+
+    def dist(self, obs: Tensor) -> Categorical | DiagGaussian:
+        z = F.linear(_run(self.actor, obs), *self.head)
+        return Categorical(z) if self.categorical else DiagGaussian(z, self.log_std)
+
+    def dist_and_value(self, obs: Tensor) -> tuple[Categorical | DiagGaussian, Tensor]:
+        return self.dist(obs), _run(self.critic, obs).squeeze(-1)
+
+
+def _layer_calls(net: MLP) -> list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]]:
+    """``net``'s layers as ``(function, parameters)``: ``F.linear`` or the activation."""
+    return [(F.linear, (layer.weight, layer.bias)) if isinstance(layer, nn.Linear) else (_ACTIVATIONS[type(layer)][0], ()) for layer in net]
+
+
+def _run(calls: list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]], x: Tensor) -> Tensor:
+    for fn, params in calls:
+        x = fn(x, *params)
+    return x
 
 
 class ForwardPass:
