@@ -435,7 +435,7 @@ class ActorCriticAgent(Agent):
         head = self.policy.actor_head
         return head if isinstance(head, CategoricalHead) else None
 
-    def _sample_step(self, rollout: bool = False) -> Callable[..., Any]:
+    def _sample_step(self, rollout: bool = False) -> SampleStep:
         """``SampleStep`` of this policy."""
         steps = self.__dict__.setdefault("_sample_steps", {})
         if rollout not in steps or steps[rollout].policy is not self.policy:

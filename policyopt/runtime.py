@@ -160,9 +160,9 @@ def trace(module: nn.Module, inputs: tuple[Any, ...]) -> Callable[..., Any]:
 _NUMBER_OPS = frozenset(f"aten::{op}{inplace}" for op in ("add", "sub", "mul", "div") for inplace in ("", "_")) | {"aten::rsub"}
 
 
-def _store_numbers_cast(graph: torch._C.Graph) -> int:
+def _store_numbers_cast(graph: torch._C.Graph) -> None:
     """Rewrite a traced graph so that the Python numbers it took as constants are stored in the
-    dtype they are computed in; returns how many operands changed.
+    dtype they are computed in.
 
     The tracer keeps a number ``c`` of ``x * c`` as a 0-dim float64 (or int64) tensor, which
     the op casts to ``x``'s float32 at every call (an ``aten::to`` with its allocation and
@@ -171,7 +171,6 @@ def _store_numbers_cast(graph: torch._C.Graph) -> int:
     bits. Only for the ops of ``_NUMBER_OPS`` with a float32 or float64 result (not for
     reduced-precision results, whose ops compute in float32 from the number as it is)."""
     torch._C._jit_pass_inline(graph)  # the constants of submodules' calls are in their graphs
-    changed = 0
     for node in list(graph.nodes()):
         if node.kind() != "prim::Constant" or node.output().type().kind() != "TensorType":
             continue
@@ -188,9 +187,7 @@ def _store_numbers_cast(graph: torch._C.Graph) -> int:
             cast.output().inferTypeFrom(cast.t("value"))
             cast.insertBefore(user)
             user.replaceInput(use.offset, cast.output())
-            changed += 1
     torch._C._jit_pass_dce(graph)  # the constants no op reads now
-    return changed
 
 
 def record(fn: Callable[..., Any], inputs: tuple[Tensor, ...]) -> Callable[..., Any]:
