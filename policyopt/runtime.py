@@ -158,6 +158,7 @@ def trace(module: nn.Module, inputs: tuple[Any, ...]) -> Callable[..., Any]:
 
 # the arithmetic ops whose dtype promotion casts a number operand to the result's dtype first
 _NUMBER_OPS = frozenset(f"aten::{op}{inplace}" for op in ("add", "sub", "mul", "div") for inplace in ("", "_")) | {"aten::rsub"}
+_NUMBER_DTYPES = {"Float": torch.float32, "Double": torch.float64}  # the results whose numbers are stored cast
 
 
 def _store_numbers_cast(graph: torch._C.Graph) -> None:
@@ -179,7 +180,7 @@ def _store_numbers_cast(graph: torch._C.Graph) -> None:
             continue
         for use in list(node.output().uses()):
             user, out = use.user, use.user.outputsAt(0).type()
-            dtype = {"Float": torch.float32, "Double": torch.float64}.get(out.scalarType()) if out.kind() == "TensorType" else None
+            dtype = _NUMBER_DTYPES.get(out.scalarType()) if out.kind() == "TensorType" else None
             if user.kind() not in _NUMBER_OPS or dtype is None or dtype == value.dtype:
                 continue
             cast = graph.create("prim::Constant")

@@ -69,12 +69,22 @@ def unsupported(policy: nn.Module) -> str | None:
     return None
 
 
+def _layer_calls(net: MLP) -> list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]]:
+    """``net``'s layers as ``(function, parameters)``: ``F.linear`` or the activation."""
+    return [(F.linear, (layer.weight, layer.bias)) if isinstance(layer, nn.Linear) else (_ACTIVATIONS[type(layer)][0], ()) for layer in net]
+
+
+def _run(calls: list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]], x: Tensor) -> Tensor:
+    for fn, params in calls:
+        x = fn(x, *params)
+    return x
+
+
 def _mlp_forward(net: MLP, x: Tensor) -> list[Tensor]:
     """``[x, h_1, ..., h_n]``: the input and each layer's output (after its activation, if any)."""
     outs = [x]
-    for layer in net:
-        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else _ACTIVATIONS[type(layer)][0](x)
-        outs.append(x)
+    for fn, params in _layer_calls(net):
+        outs.append(fn(outs[-1], *params))
     return outs
 
 
@@ -123,17 +133,6 @@ class FunctionalPolicy:
 
     def dist_and_value(self, obs: Tensor) -> tuple[Categorical | DiagGaussian, Tensor]:
         return self.dist(obs), _run(self.critic, obs).squeeze(-1)
-
-
-def _layer_calls(net: MLP) -> list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]]:
-    """``net``'s layers as ``(function, parameters)``: ``F.linear`` or the activation."""
-    return [(F.linear, (layer.weight, layer.bias)) if isinstance(layer, nn.Linear) else (_ACTIVATIONS[type(layer)][0], ()) for layer in net]
-
-
-def _run(calls: list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]], x: Tensor) -> Tensor:
-    for fn, params in calls:
-        x = fn(x, *params)
-    return x
 
 
 class ForwardPass:
