@@ -27,6 +27,26 @@ def test_torch_episode_stats_match_the_numpy_ones():
     assert np.allclose(device.ret.numpy(), host.ret) and np.array_equal(device.len.numpy(), host.len)
 
 
+def test_episode_stats_add_up_each_episode_in_step_order():
+    """``record`` keeps the steps and ``pop`` (or a checkpoint) adds them up: the returns a Python
+    loop over the steps gives, bit for bit, in the order the episodes ended."""
+    rng = np.random.default_rng(1)
+    stats, ret, length, expected = EpisodeStats(3), [0.0] * 3, [0] * 3, []
+    for t in range(60):
+        reward, done = rng.normal(size=3).astype(np.float32), rng.random(3) < 0.2
+        stats.record(reward, done if done.any() else None)
+        for i in range(3):
+            ret[i], length[i] = ret[i] + float(reward[i]), length[i] + 1
+            if done[i]:
+                expected.append((ret[i], length[i]))
+                ret[i], length[i] = 0.0, 0
+        if t == 25:
+            stats.load_state_dict(stats.state_dict())  # a checkpoint mid-way changes nothing
+    returns, lengths = stats.pop()
+    assert len(expected) > 10 and list(zip(returns, lengths)) == expected
+    assert stats.ret.tolist() == ret and stats.len.tolist() == length
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_ppo_trains_on_the_torch_envs_and_resumes_exactly(tmp_path, env_id):
     common = dict(seed=2, env_backend="torch", num_envs=16, num_steps=32, batch_size=128, update_epochs=2,
