@@ -95,3 +95,21 @@ def test_reaches_the_threshold_within_the_preset_budget(env_id, threshold, seed)
     agent = A2C(env_id, seed=seed)
     agent.learn(progress=False)
     assert np.mean(agent.evaluate(20)) >= threshold
+
+
+def test_a_rollout_acts_in_inference_mode_and_hands_the_update_ordinary_tensors():
+    """The steps on host envs run under ``torch.inference_mode`` (no autograd dispatch); their
+    tensors are stacked into the buffer after the loop, as ordinary tensors that A2C's autograd
+    update can save for backward."""
+    agent = A2C("CartPole-v1", seed=0, preset=False, **SMALL)
+    runner = make_runner(agent)
+    modes = []
+    for name in ("act", "sample"):
+        method = getattr(agent, name)
+        setattr(agent, name, lambda *args, _method=method: modes.append(torch.is_inference_mode_enabled()) or _method(*args))
+    runner.collect()
+    assert len(modes) == SMALL["num_steps"] and all(modes)
+    assert not any(t.is_inference() for t in runner.buffer.data.values())
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.update(runner.buffer)
+    assert any(not torch.equal(a, p) for a, p in zip(before, agent.policy.parameters()))
