@@ -149,7 +149,7 @@ def trace(module: nn.Module, inputs: tuple[Any, ...]) -> Callable[..., Any]:
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")  # the deprecation notice, and TracerWarnings about the constants
-            traced = torch.jit.trace(module, inputs, check_trace=False)
+            traced = torch.jit.trace(_Flat(module), inputs, check_trace=False)
     except (AttributeError, RuntimeError):
         return module
     _store_numbers_cast(traced.forward.graph)
@@ -246,6 +246,24 @@ def record(fn: Callable[..., Any], inputs: tuple[Tensor, ...]) -> Callable[..., 
             return pytree.tree_unflatten(traced(*args), spec)
 
     return run
+
+
+class _Flat(nn.Module):
+    """``module`` for ``torch.jit.trace`` with its parameters and buffers as attributes of one
+    module: the tracer makes a TorchScript module of every module in the tree it is given (PPO's
+    step: 17, ~37 ms of its ~50 ms trace here), and needs only the tensors (the graph reads them
+    as attributes, live). The same ops on the same tensors, so the same graph."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.__dict__["module"] = module  # not a submodule
+        for i, p in enumerate(module.parameters()):
+            self.register_parameter(f"p{i}", p)
+        for i, b in enumerate(module.buffers()):
+            self.register_buffer(f"b{i}", b)
+
+    def forward(self, *inputs: Any) -> Any:
+        return self.module(*inputs)
 
 
 class _Unoptimized:
