@@ -321,21 +321,27 @@ class OnPolicyRunner:
             self.obs = agent.normalize(tensor(self.collector.raw_obs), update=True)
         obs = self.obs
         noise = agent.rollout_noise(buf.num_steps, buf.num_envs) if self.batch_values else None
-        with self.collector.acting():
+        # the loop's calls looked up once (each lookup and call costs more between env steps,
+        # whose Python evicts the interpreter's caches, than in a loop of its own)
+        collector, scaler, add = self.collector, self.reward_scaler, buf.add
+        act, env_action, env_step = (agent.sample if self.batch_values else agent.act), collector.env_action, collector.step
+        normalize = agent.normalize if agent.obs_normalizer is not None else None
+        device_envs = isinstance(collector, TorchCollector)  # their final values at the rollout's end
+        with collector.acting():
             for t in range(buf.num_steps):
-                action, extras = agent.sample(obs, None if noise is None else noise[t]) if self.batch_values else agent.act(obs)
-                step = self.collector.step(self.collector.env_action(action))
+                action, extras = act(obs) if noise is None else act(obs, noise[t])
+                step = env_step(env_action(action))
                 reward, done = step.reward, step.done  # NumPy arrays (tensors from device envs), stacked by buf
-                if self.reward_scaler is not None:
-                    reward = self.reward_scaler(tensor(reward), tensor(done))
-                if isinstance(step.truncated, Tensor):  # device envs: their final values at the rollout's end
+                if scaler is not None:
+                    reward = scaler(tensor(reward), tensor(done))
+                if device_envs:
                     extras["final_obs"], extras["truncated"] = agent.normalize(step.final_obs), step.truncated
                 else:
                     extras["final_value"] = self.truncation_values(step)
-                next_obs = agent.normalize(tensor(step.obs), update=True)
+                next_obs = tensor(step.obs) if normalize is None else normalize(tensor(step.obs), update=True)
                 if self.store_next_obs:
                     extras["next_obs"] = agent.normalize(tensor(step.final_obs))
-                buf.add(obs=obs, action=action, reward=reward, terminated=step.terminated, done=done, **extras)
+                add(obs=obs, action=action, reward=reward, terminated=step.terminated, done=done, **extras)
                 obs = next_obs
         self.obs = obs
         agent.global_step += buf.num_steps * buf.num_envs
