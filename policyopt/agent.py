@@ -382,7 +382,7 @@ class SampleStep:
         self.net = FunctionalPolicy(policy) if unsupported(policy) is None else None
         self.output = "logits" if isinstance(policy.actor_head, CategoricalHead) else "logp"  # what a rollout call gives second
 
-    def __call__(self, obs: Tensor, *noise: Tensor) -> tuple[Tensor, ...]:
+    def __call__(self, obs: Tensor, *noise: Tensor | np.ndarray) -> tuple[Tensor, ...]:
         net = self.net or self.policy
         if self.rollout:
             dist = net.dist(obs)
@@ -409,7 +409,7 @@ class ActorCriticAgent(Agent):
         action, logp, value = self._sample_step()(obs)
         return action, {"logp": logp, "value": value}
 
-    def sample(self, obs: Tensor, noise: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def sample(self, obs: Tensor, noise: Tensor | np.ndarray | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``act(obs)``'s action (the same draw) without ``V(s)``, for a runner that evaluates the
         critic once per rollout (``loops.OnPolicyRunner``); ``noise``: this step's part of
         ``rollout_noise``. The extras hold ``log pi(a|s)`` as ``logp``, or for a Categorical
@@ -419,16 +419,16 @@ class ActorCriticAgent(Agent):
         action, out = step(obs) if noise is None else step(obs, noise)
         return action, {step.output: out}
 
-    def rollout_noise(self, num_steps: int, num_envs: int) -> list[Tensor] | None:
+    def rollout_noise(self, num_steps: int, num_envs: int) -> Tensor | None:
         """The Gumbel draws of a rollout's Categorical actions (``Categorical.sample``), made at
-        once, one ``[num_envs, actions]`` tensor a step: the numbers of the same draws made step
-        by step (``gumbel_noise``), so a rollout that takes nothing else from the generator
-        between its steps samples the same actions. None for other policies and devices (their
-        draws happen in ``sample``)."""
+        once, ``[num_steps, num_envs, actions]``: the numbers of the same draws made step by step
+        (``gumbel_noise``), so a rollout that takes nothing else from the generator between its
+        steps samples the same actions. None for other policies and devices (their draws happen
+        in ``sample``)."""
         head = self._categorical_head()
         if head is None or self.device.type != "cpu":
             return None
-        return list(gumbel_noise(num_steps, num_envs, head.logits.out_features).unbind(0))
+        return gumbel_noise(num_steps, num_envs, head.logits.out_features)
 
     def _categorical_head(self) -> CategoricalHead | None:
         """The policy's head where it is Categorical (Discrete actions), else None."""

@@ -320,13 +320,15 @@ class OnPolicyRunner:
         if self.obs is None:  # first rollout: the reset observation enters the normalizer once
             self.obs = agent.normalize(tensor(self.collector.raw_obs), update=True)
         obs = self.obs
-        noise = agent.rollout_noise(buf.num_steps, buf.num_envs) if self.batch_values else None
         # the loop's calls looked up once (each lookup and call costs more between env steps,
         # whose Python evicts the interpreter's caches, than in a loop of its own)
         collector, scaler, add = self.collector, self.reward_scaler, buf.add
         act, env_action, env_step = (agent.sample if self.batch_values else agent.act), collector.env_action, collector.step
         normalize = agent.normalize if agent.obs_normalizer is not None else None
         device_envs = isinstance(collector, TorchCollector)  # their final values at the rollout's end
+        noise = agent.rollout_noise(buf.num_steps, buf.num_envs) if self.batch_values else None
+        if noise is not None:  # a step's draws: NumPy rows for host envs (``Categorical.sample``), tensors to record
+            noise = noise.unbind(0) if device_envs else list(noise.numpy())
         with collector.acting():
             for t in range(buf.num_steps):
                 action, extras = act(obs) if noise is None else act(obs, noise[t])

@@ -120,6 +120,20 @@ def test_categorical_sample_draws_what_torch_multinomial_draws():
     assert all(torch.equal(d.sample(), e) for e in expected)
 
 
+def test_categorical_sample_from_numpy_noise_is_the_tensor_draw():
+    """A rollout's pre-drawn Gumbel noise as NumPy rows (``rollout_noise``): NumPy's float32 sums
+    and first maximum give the actions the tensor ops give, ties and large logits included."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 8, 3) * 3
+    logits[:4] = torch.tensor([1.0, 1.0, 0.0])  # ties: the first maximum wins in both
+    logits[4:8] = torch.tensor([3e38, -3e38, 1e-30])
+    noise = torch.cat([torch.zeros(8, 8, 3), -torch.empty(56, 8, 3).exponential_(1.0).log()])
+    for z, g in zip(logits, noise):
+        expected = Categorical(z).sample(g)
+        action = Categorical(z).sample(g.numpy())
+        assert action.dtype == expected.dtype and torch.equal(action, expected)
+
+
 def test_categorical_samples_follow_the_probabilities():
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0, -30.0]]).expand(200_000, 5)
