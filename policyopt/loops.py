@@ -224,12 +224,13 @@ class TorchCollector(Collector):
     """``Collector`` over a batched ``TorchVecEnv`` on the agent's device (``env_backend=torch``):
     actions, observations and rewards stay tensors there, no step goes through the host."""
 
+    # no inference mode: the envs' state tensors, made in a rollout, are written in place outside
+    # one (CUDA graph replays, snapshots), which inference tensors do not allow
+    acting = contextlib.nullcontext
+
     def __init__(self, agent: Agent):
         super().__init__(agent)
         self.tensor = torch.as_tensor  # the envs' arrays are tensors on the device already
-        # the env's state tensors are written in place outside a rollout (CUDA graph replays,
-        # snapshots), which inference tensors do not allow
-        self.acting = contextlib.nullcontext
         if not agent.discrete:
             space = agent.action_space
             self.low = torch.as_tensor(space.low, device=agent.device)
