@@ -171,7 +171,6 @@ def _store_numbers_cast(graph: torch._C.Graph) -> None:
     number cast once, when the graph is built, gives the op the same operands, so the same
     bits. Only for the ops of ``_NUMBER_OPS`` with a float32 or float64 result (not for
     reduced-precision results, whose ops compute in float32 from the number as it is)."""
-    torch._C._jit_pass_inline(graph)  # the constants of submodules' calls are in their graphs
     for node in list(graph.nodes()):
         if node.kind() != "prim::Constant" or node.output().type().kind() != "TensorType":
             continue
