@@ -1,6 +1,6 @@
 """Natural-gradient machinery against explicit matrices: Fisher-vector products, conjugate
-gradient, the natural-gradient step, the KL line search and K-FAC; FlatAdam against
-PyTorch's clipping and Adam, bit for bit."""
+gradient, the natural-gradient step, the KL line search and K-FAC; FlatAdam and FusedAdam
+against PyTorch's clipping and Adam, bit for bit."""
 
 import io
 
@@ -14,13 +14,16 @@ from policyopt.core.nets import ActorCritic, dist_under
 from policyopt.core.optim import (
     KFAC,
     FlatAdam,
+    FusedAdam,
     backtracking_line_search,
     conjugate_gradient,
     fisher_vector_product,
     flat_grad,
     flat_params,
     natural_gradient_step,
+    polyak_update,
     set_lr,
+    target_copy,
 )
 from policyopt.loops import make_runner
 
@@ -414,6 +417,34 @@ def test_flat_adam_state_loads_both_ways_with_torch_adam():
         assert torch.equal(a, x) and torch.equal(b, y) and torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True, "weight_decay": 0.1}, {"maximize": True, "betas": (0.8, 0.99), "eps": 1e-5},
+     {"weight_decay": 0.1, "decoupled_weight_decay": True}],
+)
+def test_fused_adam_steps_are_torch_fused_adams(options, monkeypatch):
+    """FusedAdam calls the fused kernel itself once the state exists, and falls back to
+    Adam.step for a first step and a step with a parameter lacking its gradient: the run and the
+    state are torch.optim.Adam(fused=True)'s bit for bit."""
+    ours, ref = _param_pair()
+    fused, adam = FusedAdam(ours, lr=1e-2, **options), torch.optim.Adam(ref, lr=1e-2, fused=True, **options)
+    through_adam = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, closure=None: through_adam.append(self) or adam_step(self, closure))
+    gen = torch.Generator().manual_seed(5)
+    for step in range(12):
+        _set_grads(ours, ref, gen, missing=(2,) if step == 6 else ())
+        fused.param_groups[0]["lr"] = adam.param_groups[0]["lr"] = 1e-2 * (1 - step / 12)
+        fused.step()
+        adam_step(adam)
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+    assert through_adam == [fused, fused]  # the first step and the one with a gradient missing
+    assert fused.state[ours[0]]["step"] == 12 and fused.state[ours[2]]["step"] == 11
+    for state, ref_state in zip(fused.state_dict()["state"].values(), adam.state_dict()["state"].values(), strict=True):
+        assert state.keys() == ref_state.keys() and all(torch.equal(state[k], ref_state[k]) for k in state)
+
+
 def test_capturable_flat_adam_counts_and_reads_its_rate_on_the_device():
     """``capturable=True``: the step count and the learning rate are tensors (set_lr fills the
     rate in place, as a recorded step reads it), the step's scalars are computed from them, and
@@ -465,3 +496,28 @@ def test_planned_flat_adam_steps_are_torch_adams():
     assert flat._step == 16
     with pytest.raises(RuntimeError, match="capturable"):
         FlatAdam(_param_pair()[0], lr=1.0).plan(2, 1.0)
+
+
+# --- target networks ------------------------------------------------------------------------
+
+
+def test_polyak_update_moves_float_tensors_by_tau_and_copies_everything_at_tau_one():
+    online = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))  # float and int64 buffers
+    target = target_copy(online)
+    with torch.no_grad():
+        for t in [*online.parameters(), *online.buffers()]:
+            t.add_(1)
+    before = [t.clone() for t in target.parameters()]
+    for _ in range(2):  # the second call reads the kept lists
+        expected = [b.lerp(o, 0.1) for b, o in zip(before, online.parameters())]
+        polyak_update(online, target, 0.1)
+        assert all(torch.equal(t, e) for t, e in zip(target.parameters(), expected))
+        before = [t.clone() for t in target.parameters()]
+    assert target[1].num_batches_tracked == 0  # an integer buffer moves only with a hard copy
+    other = target_copy(online)  # another online module for the same target: listed anew
+    with torch.no_grad():
+        other[0].weight.mul_(2)
+    polyak_update(other, target, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip([*target.parameters(), *target.buffers()], [*other.parameters(), *other.buffers()]))
+    with pytest.raises(ValueError, match="tensors"):
+        polyak_update(torch.nn.Linear(3, 4, bias=False), target_copy(torch.nn.Linear(3, 4)), 0.5)

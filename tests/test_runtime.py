@@ -16,7 +16,7 @@ from policyopt import PPO
 from policyopt.core.distributions import gumbel_noise
 from policyopt.core.optim import FlatAdam
 from policyopt.registry import get_algorithm
-from policyopt.runtime import _openmp, denormals_flushed, flush_denormals, record, trace, tune_malloc
+from policyopt.runtime import _openmp, _simplify, denormals_flushed, flush_denormals, record, trace, tune_malloc
 
 FAULTS_PER_SAC_UPDATES = """
 import resource, sys, torch
@@ -184,6 +184,40 @@ def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config
     for name in recorded.optimizers:
         ours, theirs = (list(agent.optimizers[name].state.values()) for agent in (recorded, eager))
         assert ours and all(torch.equal(s["exp_avg_sq"], t["exp_avg_sq"]) for s, t in zip(ours, theirs, strict=True))
+
+
+def test_a_record_drops_detaches_and_double_transposes_and_runs_relus_in_place():
+    """``_simplify`` on a record of a two-layer ReLU net's loss and gradients: no ``detach`` and no
+    transpose of a transpose remain, the ReLUs after the matmuls write in place, and the record
+    still returns the gradients bit for bit."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    def loss_and_grads(x):
+        loss = net(x).pow(2).mean()
+        return [loss.detach(), *torch.autograd.grad(loss, list(net.parameters()))]
+
+    x = torch.randn(32, 3)
+    with torch.enable_grad():
+        graph = make_fx(loss_and_grads)(x)
+    aten = torch.ops.aten
+
+    def count(target):
+        return sum(n.target is target for n in graph.graph.nodes)
+
+    def double_transposes():
+        return sum(n.target is aten.t.default and n.args[0].target is aten.t.default for n in graph.graph.nodes)
+
+    assert count(aten.detach.default) > 0 and double_transposes() > 0 and count(aten.relu.default) == 2
+    _simplify(graph.graph)
+    graph.recompile()
+    assert count(aten.detach.default) == 0 and double_transposes() == 0
+    assert count(aten.relu_.default) == 2 and count(aten.relu.default) == 0
+    with torch.no_grad():
+        got = graph(x)
+    assert all(torch.equal(a, b) for a, b in zip(got, loss_and_grads(x), strict=True))
 
 
 def test_record_gives_back_the_function_where_it_cannot_record(monkeypatch):

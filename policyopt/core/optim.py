@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,16 +32,30 @@ def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
 
     Lillicrap et al., "Continuous control with deep reinforcement learning" (DDPG, 2016),
     Algorithm 1. ``tau = 1`` is the hard copy of DQN (Mnih et al., 2015).
+
+    The two modules' tensors are listed at the first call for a pair and kept (``_TARGET_TENSORS``):
+    SAC's training step on Pendulum was 1.4% faster without listing them at every update
+    (measured in one process, blocks of steps alternated). The lists hold the tensor objects,
+    which optimizer steps and ``load_state_dict`` change in place; a tensor object replaced
+    afterwards (a new parameter, or a buffer moved by ``.to()``, which makes a new one) is not seen.
     """
-    online_tensors = [*online.parameters(), *online.buffers()]
-    target_tensors = [*target.parameters(), *target.buffers()]
+    known = _TARGET_TENSORS.get(target)
+    if known is None or known[0]() is not online:
+        online_tensors = [*online.parameters(), *online.buffers()]
+        target_tensors = [*target.parameters(), *target.buffers()]
+        if len(target_tensors) != len(online_tensors):
+            raise ValueError(f"the target has {len(target_tensors)} tensors, the online module {len(online_tensors)}")
+        floats = [i for i, t in enumerate(target_tensors) if t.is_floating_point()]
+        known = (weakref.ref(online), target_tensors, online_tensors, [target_tensors[i] for i in floats], [online_tensors[i] for i in floats])
+        _TARGET_TENSORS[target] = known
+    _, target_tensors, online_tensors, target_floats, online_floats = known
     if tau == 1.0:
         torch._foreach_copy_(target_tensors, online_tensors)
-        return
-    floats = [(t, o) for t, o in zip(target_tensors, online_tensors, strict=True) if t.is_floating_point()]
-    if floats:
-        targets, onlines = zip(*floats)
-        torch._foreach_lerp_(list(targets), list(onlines), tau)
+    elif target_floats:
+        torch._foreach_lerp_(target_floats, online_floats, tau)
+
+
+_TARGET_TENSORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # polyak_update's lists, by target module
 
 
 def adam(params: Iterable[Tensor], lr: float, fused: bool = True, **kwargs) -> torch.optim.Optimizer:
@@ -50,8 +65,82 @@ def adam(params: Iterable[Tensor], lr: float, fused: bool = True, **kwargs) -> t
     kernel rounds differently in the last bit); the on-policy algorithms use it so that their
     measured results stay reproducible."""
     if fused:
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+        return FusedAdam(params, lr=lr, **kwargs)
     return FlatAdam(params, lr=lr, **kwargs)
+
+
+class FusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` whose steps call the fused kernel directly.
+
+    Once every parameter has its state and a gradient, a step is what PyTorch's fused Adam
+    runs, ``_foreach_add_`` on the step counts and then ``torch._fused_adam_`` (``_fused_adamw_``
+    with decoupled weight decay) over each parameter group, with the same arguments: the same
+    kernels, the same bits. It skips the Python around them in ``Adam.step``: the optimizer's
+    profiling and hook wrapper, ``_init_group``'s per-parameter checks, the grouping of the
+    tensors by device and dtype (here checked once, as the groups are added). SAC's update on Pendulum
+    takes three steps (critics, actor, temperature); run between the update's graphs, with its
+    caches cold, that Python cost some 0.1 ms a step: 6.3% of a training step here, measured
+    in one process, blocks of steps alternated. Anything else (the first step, which makes the
+    state; a parameter without a gradient; a closure; a tensor learning rate or betas; a
+    ``GradScaler``'s ``grad_scale``) goes through ``Adam.step``. Like ``FlatAdam``, ``step`` is not
+    wrapped with ``torch.optim.Optimizer``'s profiling and step hooks.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float, **kwargs):
+        super().__init__(params, lr=lr, fused=True, **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        kinds = {(p.device, p.dtype) for group in self.param_groups for p in group["params"]}
+        self._direct = len(kinds) == 1 and next(iter(kinds))[0].type in ("cpu", "cuda")
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        steps = self._direct_steps() if closure is None else None
+        if steps is None:
+            return super().step(closure)
+        with torch.no_grad():
+            for group, params, grads, states in steps:
+                counts = [st["step"] for st in states]
+                torch._foreach_add_(counts, 1)
+                kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+                beta1, beta2 = group["betas"]
+                kernel(
+                    params,
+                    grads,
+                    [st["exp_avg"] for st in states],
+                    [st["exp_avg_sq"] for st in states],
+                    [st["max_exp_avg_sq"] for st in states] if group["amsgrad"] else [],
+                    counts,
+                    amsgrad=group["amsgrad"],
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    weight_decay=group["weight_decay"],
+                    eps=group["eps"],
+                    maximize=group["maximize"],
+                    grad_scale=None,
+                    found_inf=None,
+                )
+        return None
+
+    step.hooked = True  # as FlatAdam.step: no profiling and hook wrapper from torch.optim.Optimizer
+
+    def _direct_steps(self) -> list[tuple[dict, list[Tensor], list[Tensor], list[dict]]] | None:
+        """Per group (group, parameters, gradients, states) for a direct step, or None where
+        ``Adam.step`` must take this one."""
+        if not self._direct or getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return None
+        steps = []
+        for group in self.param_groups:
+            if not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"]):
+                return None
+            params = group["params"]
+            grads = [p.grad for p in params]
+            states = [self.state.get(p) for p in params]
+            if any(g is None for g in grads) or not all(states):
+                return None
+            steps.append((group, params, grads, states))
+        return steps
 
 
 class FlatAdam(torch.optim.Optimizer):
