@@ -515,9 +515,7 @@ class OffPolicyRunner:
         if agent.global_step < cfg.learning_starts:
             env_action = self.random_action()
         else:
-            with torch.no_grad():
-                action, _ = agent.act(obs)
-            env_action = agent.to_env(action)
+            env_action = agent.to_env(agent.explore(obs))
         step = self.collector.step(env_action)
         self.replay.add(raw_obs, env_action, step.reward, step.final_obs, step.terminated, step.truncated)
         agent.global_step += cfg.num_envs

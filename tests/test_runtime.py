@@ -163,9 +163,9 @@ def test_a_recorded_function_returns_its_gradients_bit_for_bit_and_reads_paramet
     ("dqn", "CartPole-v1", {"double_q": True, "target_network_frequency": 50}),
 ])
 def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config):
-    """``record_update``: the losses' gradients through ``runtime.record``'s graphs give the run of
-    the eager code, parameters and optimizer moments alike, also where a callback changes a value
-    the graphs read (gamma: recorded anew)."""
+    """``record_update``: the losses' gradients and the exploring actions through ``runtime.record``'s
+    graphs give the run of the eager code, parameters and optimizer moments alike, also where a
+    callback changes a value the graphs read (gamma: recorded anew)."""
     def lower_gamma(agent, metrics):
         if agent.global_step >= 400:
             agent.config.gamma = 0.9
@@ -178,6 +178,7 @@ def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config
     recorded, eager = run(True), run(False)
     assert recorded.config.gamma == 0.9
     assert {fn.__qualname__ for _, fn in recorded._records.values()} == {"record.<locals>.run"}
+    assert ("_exploring_action" in recorded._records) == (algo != "dqn")  # DQN's act reads its epsilon: not recorded
     assert "_records" not in vars(eager)
     a, b = recorded.nets.state_dict(), eager.nets.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

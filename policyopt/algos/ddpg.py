@@ -43,6 +43,7 @@ class DDPG(Agent):
     name = "ddpg"
     Config = DDPGConfig
     loop = "off_policy"
+    record_exploration = True
     action_spaces = (gym.spaces.Box,)
 
     def build(self) -> None:

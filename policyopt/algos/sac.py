@@ -130,6 +130,7 @@ class SAC(Agent):
     name = "sac"
     Config = SACConfig
     loop = "off_policy"
+    record_exploration = True
     action_spaces = (gym.spaces.Box, gym.spaces.Discrete)
 
     def build(self) -> None:

@@ -67,6 +67,7 @@ class TD3(Agent):
     name = "td3"
     Config = TD3Config
     loop = "off_policy"
+    record_exploration = True
     action_spaces = (gym.spaces.Box,)
 
     def build(self) -> None:
