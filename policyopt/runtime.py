@@ -167,26 +167,37 @@ def _store_numbers_cast(graph: torch._C.Graph) -> None:
 
     The tracer keeps a number ``c`` of ``x * c`` as a 0-dim float64 (or int64) tensor, which
     the op casts to ``x``'s float32 at every call (an ``aten::to`` with its allocation and
-    copy, some 3 us here): 11 of the ~90 ops of PPO's minibatch step on CartPole. The same
-    number cast once, when the graph is built, gives the op the same operands, so the same
-    bits. Only for the ops of ``_NUMBER_OPS`` with a float32 or float64 result (not for
-    reduced-precision results, whose ops compute in float32 from the number as it is)."""
-    for node in list(graph.nodes()):
-        if node.kind() != "prim::Constant" or node.output().type().kind() != "TensorType":
+    copy, some 3 us here): 11 of the ~90 ops of PPO's minibatch step on CartPole. A number
+    passed to an op's ``Scalar`` form (``aten.div.Scalar(x, 256)``, ``rsub``: the backward ops of
+    a ``runtime.record``) is kept as a plain number, which the op wraps into a tensor and casts
+    the same way: 9 per SAC training step on Pendulum. The same number cast once, when the graph
+    is built, as a tensor in the result's dtype, gives the op (its ``Tensor`` form there) the
+    same operands, so the same bits. Only for the ops of ``_NUMBER_OPS`` with a float32 or
+    float64 result (not for reduced-precision results, whose ops compute in float32 from the
+    number as it is), and for a plain number only as the second operand (not ``alpha``)."""
+    for user in list(graph.nodes()):
+        if user.kind() not in _NUMBER_OPS or user.outputsSize() != 1 or user.output().type().kind() != "TensorType":
             continue
-        value = node.t("value")
-        if value.dim() != 0 or value.dtype not in (torch.float64, torch.int64):
+        dtype = _NUMBER_DTYPES.get(user.output().type().scalarType())
+        if dtype is None:
             continue
-        for use in list(node.output().uses()):
-            user, out = use.user, use.user.outputsAt(0).type()
-            dtype = _NUMBER_DTYPES.get(out.scalarType()) if out.kind() == "TensorType" else None
-            if user.kind() not in _NUMBER_OPS or dtype is None or dtype == value.dtype:
+        for offset, operand in enumerate(list(user.inputs())):
+            if operand.node().kind() != "prim::Constant":
+                continue
+            kind = operand.type().kind()
+            if kind == "TensorType":
+                value = operand.node().t("value")
+                if value.dim() != 0 or value.dtype not in (torch.float64, torch.int64) or value.dtype == dtype:
+                    continue
+            elif kind in ("IntType", "FloatType") and offset == 1:
+                value = torch.tensor(operand.toIValue(), dtype=torch.float64 if kind == "FloatType" else torch.int64)
+            else:
                 continue
             cast = graph.create("prim::Constant")
             cast.t_("value", value.to(dtype))
             cast.output().inferTypeFrom(cast.t("value"))
             cast.insertBefore(user)
-            user.replaceInput(use.offset, cast.output())
+            user.replaceInput(offset, cast.output())
     torch._C._jit_pass_dce(graph)  # the constants no op reads now
 
 

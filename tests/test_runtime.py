@@ -255,12 +255,14 @@ def test_a_trace_runs_unoptimized_and_leaves_the_executor_setting_as_it_was(opti
 
 
 class Numbers(torch.nn.Module):
-    """Python numbers in float32, float64 and bfloat16 arithmetic, in place and not."""
+    """Python numbers in float32, float64 and bfloat16 arithmetic, in place and not, also given to
+    the ops' ``Scalar`` forms (as a record's backward ops get them)."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         a = (x * 0.1 + 1e-8) / 3 - 0.7
         a.mul_(0.999).add_(1e-5)
-        return a, x.sum() * 0.1 + 1e-8, y * 0.1 + 1e-8, z * 0.1 + 1e-3
+        scalar_forms = torch.ops.aten.rsub.Scalar(torch.ops.aten.div.Scalar(x, 3), 0.7, alpha=2)
+        return a, x.sum() * 0.1 + 1e-8, y * 0.1 + 1e-8, z * 0.1 + 1e-3, scalar_forms, torch.ops.aten.mul.Scalar(y, 0.3)
 
 
 def number_casts_per_call(fn, inputs: tuple) -> int:

@@ -73,9 +73,9 @@ class FusedAdam(torch.optim.Adam):
     """``torch.optim.Adam(fused=True)`` whose steps call the fused kernel directly.
 
     Once every parameter has its state and a gradient, a step is what PyTorch's fused Adam
-    runs, ``_foreach_add_`` on the step counts and then ``torch._fused_adam_`` (``_fused_adamw_``
-    with decoupled weight decay) over each parameter group, with the same arguments: the same
-    kernels, the same bits. It skips the Python around them in ``Adam.step``: the optimizer's
+    runs, ``_foreach_add_`` of one on the step counts (here a tensor one, which the counts need not
+    cast) and then ``torch._fused_adam_`` (``_fused_adamw_`` with decoupled weight decay) over each
+    parameter group, with the same arguments: the same kernels, the same bits. It skips the Python around them in ``Adam.step``: the optimizer's
     profiling and hook wrapper, ``_init_group``'s per-parameter checks, the grouping of the
     tensors by device and dtype (here checked once, as the groups are added). SAC's update on Pendulum
     takes three steps (critics, actor, temperature); run between the update's graphs, with its
@@ -88,6 +88,7 @@ class FusedAdam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[Tensor], lr: float, **kwargs):
         super().__init__(params, lr=lr, fused=True, **kwargs)
+        self._one: Tensor | None = None  # what the step counts are raised by, a tensor of their dtype
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -101,7 +102,9 @@ class FusedAdam(torch.optim.Adam):
         with torch.no_grad():
             for group, params, grads, states in steps:
                 counts = [st["step"] for st in states]
-                torch._foreach_add_(counts, 1)
+                if self._one is None:
+                    self._one = torch.ones((), dtype=counts[0].dtype, device=counts[0].device)
+                torch._foreach_add_(counts, [self._one] * len(counts))  # a number 1 would be cast for each count
                 kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
                 beta1, beta2 = group["betas"]
                 kernel(
