@@ -265,7 +265,8 @@ class Agent(AgentBase):
         if not self.config.record_update:
             return fn(*inputs)
         records = self.__dict__.setdefault("_records", {})
-        key = (repr(vars(self.config)), *((t.shape, t.dtype, t.device) for t in inputs))
+        # the config's values as they are (numbers, strings, tuples): a cheaper check than their repr
+        key = (tuple(vars(self.config).values()), *((t.shape, t.dtype, t.device) for t in inputs))
         if fn.__name__ not in records or records[fn.__name__][0] != key:
             records[fn.__name__] = (key, record(fn, inputs))
         return records[fn.__name__][1](*inputs)
