@@ -73,17 +73,18 @@ class FusedAdam(torch.optim.Adam):
     """``torch.optim.Adam(fused=True)`` whose steps call the fused kernel directly.
 
     Once every parameter has its state and a gradient, a step is what PyTorch's fused Adam
-    runs, ``_foreach_add_`` of one on the step counts (here a tensor one, which the counts need not
-    cast) and then ``torch._fused_adam_`` (``_fused_adamw_`` with decoupled weight decay) over each
-    parameter group, with the same arguments: the same kernels, the same bits. It skips the Python around them in ``Adam.step``: the optimizer's
-    profiling and hook wrapper, ``_init_group``'s per-parameter checks, the grouping of the
-    tensors by device and dtype (here checked once, as the groups are added). SAC's update on Pendulum
-    takes three steps (critics, actor, temperature); run between the update's graphs, with its
-    caches cold, that Python cost some 0.1 ms a step: 6.3% of a training step here, measured
-    in one process, blocks of steps alternated. Anything else (the first step, which makes the
-    state; a parameter without a gradient; a closure; a tensor learning rate or betas; a
-    ``GradScaler``'s ``grad_scale``) goes through ``Adam.step``. Like ``FlatAdam``, ``step`` is not
-    wrapped with ``torch.optim.Optimizer``'s profiling and step hooks.
+    runs: ``_foreach_add_`` of one on the step counts (here of a tensor one, which the counts
+    need not cast), then ``torch._fused_adam_`` (``_fused_adamw_`` with decoupled weight decay)
+    over each parameter group, with the same arguments: the same kernels, the same bits. It
+    skips the Python around them in ``Adam.step``: the profiling and hook wrapper of
+    ``torch.optim.Optimizer``, the per-parameter checks of ``_init_group``, the grouping of the
+    tensors by device and dtype (here checked once, as the groups are added). SAC's update
+    takes three steps (critics, actor, temperature); between the update's graphs, with the
+    caches cold, that Python cost about 5% of a training step on Pendulum here (one process,
+    blocks of steps alternated). Anything else (the first step, which makes the state; a
+    parameter without a gradient; a closure; a tensor learning rate or betas; a
+    ``GradScaler``'s ``grad_scale``) goes through ``Adam.step``. Like ``FlatAdam.step``, ``step``
+    is not wrapped with the optimizer's profiling and step hooks.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float, **kwargs):
