@@ -28,7 +28,6 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ from torch import Tensor
 from policyopt import checkpoint, mkl_dispatch
 from policyopt.agent import set_rng_state
 from policyopt.config import ConfigError, to_dict
-from policyopt.core.buffers import ReplayBuffer, RolloutBuffer
+from policyopt.core.buffers import ReplayBuffer, RolloutBuffer, array_to_tensor
 from policyopt.core.distributions import Categorical
 from policyopt.core.normalize import RewardScaler
 from policyopt.core.returns import next_values_from
@@ -169,11 +168,7 @@ class Collector:
         self.envs = self.make_envs()
         self.raw_obs = self.envs.reset()
         self.stats = self.make_stats()
-        # the envs' NumPy arrays as tensors on the agent's device, by the one call that does it:
-        # on the CPU ``from_numpy`` (the same shared memory as ``as_tensor``, without its argument
-        # parsing and a device check per call: ~3 us of a rollout step here)
-        device = agent.device
-        self.tensor = torch.from_numpy if device.type == "cpu" else partial(torch.as_tensor, device=device)
+        self.tensor = array_to_tensor(agent.device)  # the envs' NumPy arrays as tensors on the agent's device
 
     def make_envs(self) -> VecEnv:
         cfg, agent = self.agent.config, self.agent

@@ -9,11 +9,19 @@ the rollout buffer stacks each field once per rollout.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
+
+
+def array_to_tensor(device: torch.device) -> Callable[[np.ndarray], Tensor]:
+    """The call that makes NumPy arrays tensors on ``device``, chosen once: on the CPU
+    ``from_numpy`` (the same shared memory as ``as_tensor``, without its argument parsing and a
+    device check per call: ~3 us of a rollout step here), elsewhere ``as_tensor(device=...)``."""
+    return torch.from_numpy if device.type == "cpu" else partial(torch.as_tensor, device=device)
 
 
 class RolloutBuffer:
@@ -118,6 +126,7 @@ class ReplayBuffer:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
         self.device = torch.device(device)
+        self.tensor = array_to_tensor(self.device)
         self.data: dict[str, np.ndarray] = {}
         self.pos = 0
         self.size = 0
@@ -159,9 +168,8 @@ class ReplayBuffer:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty ReplayBuffer")
         idx = self.rng.integers(0, self.size, size=batch_size)
-        if self.device.type == "cpu":  # take and from_numpy: half the time of fancy indexing and as_tensor here
-            return {name: torch.from_numpy(arr.take(idx, axis=0)) for name, arr in self.data.items()}
-        return {name: torch.as_tensor(arr.take(idx, axis=0), device=self.device) for name, arr in self.data.items()}
+        # take and (on the CPU) from_numpy: half the time of fancy indexing and as_tensor here
+        return {name: self.tensor(arr.take(idx, axis=0)) for name, arr in self.data.items()}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: contents, cursor and sampling RNG."""
