@@ -148,6 +148,44 @@ class StateDependentGaussian(DiagGaussian):
             return self.mean + self.noise
 
 
+class _SquashedSample(torch.autograd.Function):
+    """``a = loc + scale * tanh(u)``, ``u = mean + std * eps``, and ``log pi(a|s)`` (``SquashedGaussian``),
+    with the backward pass written out.
+
+    Forward, with ``t = tanh(u)``:
+
+        log pi = sum_i [ -eps_i^2 / 2 - log std_i - log sqrt(2 pi) - 2 (log 2 - u_i - softplus(-2 u_i)) - log scale_i ]
+
+    (``log N(u; mean, std)`` from the draw ``eps`` itself: ``(u - mean) / std`` is ``eps`` up to
+    rounding.) Backward, from ``d log(1 - t^2) / du = -2 t``, for gradients ``g_a`` of the action
+    and ``g_lp`` of the log-prob:
+
+        g_u = g_a * scale * (1 - t^2) + 2 t * g_lp,   g_mean = g_u,   g_log_std = g_u * std * eps - g_lp
+
+    Autograd's backward of the same forward is some 35 small tensor ops, this one 9; SAC's
+    actor update takes one, through ``runtime.record``, where each op costs a few microseconds
+    whatever its size (the training step on Pendulum ran about 3% faster, one process, blocks of
+    steps alternated). The gradients equal autograd's up to float rounding (tested).
+    """
+
+    @staticmethod
+    def forward(ctx, mean: Tensor, log_std: Tensor, eps: Tensor, loc: Tensor | float, scale: Tensor | float):
+        std = log_std.exp()
+        u = mean + std * eps
+        t = torch.tanh(u)
+        scale = torch.as_tensor(scale, dtype=u.dtype, device=u.device)
+        log_prob = -0.5 * eps * eps - log_std - LOG_SQRT_2PI - 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) - scale.log()
+        ctx.save_for_backward(t, std, eps, scale)
+        return loc + scale * t, log_prob.sum(-1)
+
+    @staticmethod
+    def backward(ctx, g_action: Tensor, g_log_prob: Tensor):
+        t, std, eps, scale = ctx.saved_tensors
+        g_log_prob = g_log_prob.unsqueeze(-1)
+        g_u = g_action * scale * (1.0 - t * t) + 2.0 * t * g_log_prob
+        return g_u, g_u * std * eps - g_log_prob, None, None, None
+
+
 class SquashedGaussian:
     """a = loc + scale * tanh(u), u ~ N(mean, std^2): the SAC policy for bounded Box actions.
 
@@ -156,7 +194,8 @@ class SquashedGaussian:
         log pi(a|s) = log N(u; mean, std) - sum_i log(scale_i * (1 - tanh(u_i)^2))
 
     with the numerically stable identity ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``.
-    ``loc``/``scale`` map (-1, 1) to the action bounds ``[low, high]``.
+    ``loc``/``scale`` map (-1, 1) to the action bounds ``[low, high]``. ``rsample_with_log_prob``
+    (SAC's losses) runs through ``_SquashedSample``, whose backward pass is written out.
     """
 
     def __init__(self, mean: Tensor, log_std: Tensor, loc: Tensor | float = 0.0, scale: Tensor | float = 1.0):
@@ -173,8 +212,8 @@ class SquashedGaussian:
 
     def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
         """One reparameterized sample and its log-prob, computed from the pre-tanh value (exact)."""
-        u = self.base.rsample()
-        return self._squash(u), self.base.log_prob(u) - self._log_abs_det_jacobian(u)
+        eps = torch.randn_like(self.base.mean)  # the draw of ``base.rsample``
+        return _SquashedSample.apply(self.base.mean, self.base.log_std, eps, self.loc, self.scale)
 
     def rsample(self) -> Tensor:
         return self._squash(self.base.rsample())
