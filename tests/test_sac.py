@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
-from policyopt.algos.sac import SAC, sac_actor_loss, sac_critic_target, soft_state_value, temperature_loss
+from policyopt.algos.sac import SAC, sac_actor_loss, sac_critic_target, soft_state_value, temperature_gradient
 from policyopt.core.distributions import Categorical, SquashedGaussian
 
 from helpers import needs_envpool
@@ -83,9 +83,7 @@ def test_discrete_expectations_are_exact_sums_over_actions():
     torch.testing.assert_close(soft_state_value(q1, q2, logp, alpha, probs), brute)
     torch.testing.assert_close(sac_actor_loss(q1, q2, logp, alpha, probs), -brute.mean())
     entropy = -(probs * logp).sum(-1)
-    log_alpha = torch.tensor(0.0, requires_grad=True)
-    temperature_loss(log_alpha, logp, 0.5, probs).backward()
-    torch.testing.assert_close(log_alpha.grad, (entropy - 0.5).mean())
+    torch.testing.assert_close(temperature_gradient(logp, 0.5, probs), (entropy - 0.5).mean())
 
 
 @pytest.mark.parametrize("entropy,sign", [(-3.0, -1.0), (1.0, 1.0)])
@@ -93,9 +91,35 @@ def test_temperature_rises_when_entropy_is_below_target(entropy, sign):
     """target entropy -1: entropy -3 is too low, so dJ/dlog_alpha < 0 and gradient descent raises alpha."""
     log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
     logp = torch.full((8,), -entropy)
-    temperature_loss(log_alpha, logp, -1.0).backward()
-    assert torch.sign(log_alpha.grad).item() == sign
-    assert log_alpha.grad.item() == pytest.approx(entropy - (-1.0))
+    (-(log_alpha * (logp + -1.0)).mean()).backward()  # J(alpha) of eq. 18, through autograd
+    grad = temperature_gradient(logp, -1.0)
+    assert grad.item() == log_alpha.grad.item() == pytest.approx(entropy - (-1.0))
+    assert torch.sign(grad).item() == sign
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_critic_gradients_are_autograds_of_the_critic_loss(env_id):
+    """critic_gradients hands autograd dJ_Q/dQ written out; the result is autograd's from J_Q itself."""
+    agent = SAC(env_id, seed=0, config={"record_update": False})
+    gen = torch.Generator().manual_seed(1)
+    obs, next_obs = torch.randn(64, agent.obs_dim, generator=gen), torch.randn(64, agent.obs_dim, generator=gen)
+    if agent.discrete:
+        action = torch.randint(0, 2, (64,), generator=gen)
+    else:
+        action = torch.rand(64, 1, generator=gen) * 4 - 2
+    reward, terminated = torch.randn(64, generator=gen), torch.rand(64, generator=gen) < 0.1
+    torch.manual_seed(2)
+    grads, metrics = agent.critic_gradients(obs, action, reward, next_obs, terminated)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        next_action, next_logp, next_probs = agent._policy(next_obs)
+        next_q = agent._q(agent.critic_target, next_obs, next_action)
+        target = sac_critic_target(reward, terminated, next_q[0], next_q[1], next_logp, agent.temperature(), 0.99, next_probs)
+    q = agent.critic(obs).gather(-1, action.expand(2, -1).unsqueeze(-1)).squeeze(-1) if agent.discrete else agent.critic(obs, action)
+    loss = sum(0.5 * ((q[k] - target) ** 2).mean() for k in range(2))
+    for ours, theirs in zip(grads, torch.autograd.grad(loss, list(agent.critic.parameters())), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(metrics["loss/critic"], loss.detach())
 
 
 def test_fixed_temperature_without_autotune():
