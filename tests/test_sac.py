@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
-from policyopt.algos.sac import SAC, sac_actor_loss, sac_critic_target, soft_state_value, temperature_gradient
+from policyopt.algos.sac import SAC, sac_actor_loss, sac_actor_loss_grad, sac_critic_target, soft_state_value, temperature_gradient
 from policyopt.core.distributions import Categorical, SquashedGaussian
 
 from helpers import needs_envpool
@@ -69,6 +69,19 @@ def test_soft_value_and_targets_follow_the_equations():
         sac_critic_target(reward, terminated, q1, q2, logp, 0.2, 0.9), torch.tensor([1.0 + 0.9 * 1.2, 1.0])
     )
     torch.testing.assert_close(sac_actor_loss(q1, q2, logp, 0.2), -torch.tensor([1.2, 2.9]).mean())
+
+
+def test_actor_loss_gradient_is_autograds():
+    q = torch.randn(2, 64)
+    q[1, :8] = q[0, :8]  # ties: torch.min's backward splits them
+    logp = torch.randn(64, requires_grad=True)
+    q.requires_grad_()
+    alpha = torch.tensor(0.3)
+    theirs = torch.autograd.grad(sac_actor_loss(q[0], q[1], logp, alpha), [q, logp])
+    ours = sac_actor_loss_grad(q.detach(), alpha)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    assert (ours[0][:, :8] == -0.5 / 64).all()
 
 
 def test_discrete_expectations_are_exact_sums_over_actions():
