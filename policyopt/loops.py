@@ -451,30 +451,47 @@ class GraphedOnPolicyRunner(OnPolicyRunner):
 
 
 class MetricWindow:
-    """Sums of metrics over the updates since the last log line (kept in checkpoints)."""
+    """Means of metrics over the updates since the last log line (kept in checkpoints).
+
+    An update's metrics are kept as they come, 0-d tensors as tensors (so updates never wait on a
+    device), and summed ``FOLD`` at a time (one ``torch.stack`` and sum per metric) instead of
+    with one tensor addition per metric per update: SAC's update has seven metrics, whose
+    additions took about 40 us of its ~5 ms training step on Pendulum here.
+    """
+
+    FOLD = 256
 
     def __init__(self):
-        self.sums: dict[str, float] = defaultdict(float)
+        self.values: dict[str, list[Any]] = defaultdict(list)  # per metric: a partial sum, then the values since
         self.counts: dict[str, int] = defaultdict(int)
 
     def add(self, metrics: dict[str, Any]) -> None:
-        """Accumulate; 0-d tensors stay tensors until ``pop``, so updates never wait on a device."""
         for k, v in metrics.items():
-            self.sums[k] = self.sums[k] + (v.detach() if isinstance(v, Tensor) else float(v))
+            values = self.values[k]
+            values.append(v.detach() if isinstance(v, Tensor) and v.requires_grad else v)
             self.counts[k] += 1
+            if len(values) > self.FOLD:
+                values[:] = [_total(values)]
 
     def pop(self) -> dict[str, float]:
-        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
-        self.sums.clear()
+        out = {k: float(_total(values)) / self.counts[k] for k, values in self.values.items()}
+        self.values.clear()
         self.counts.clear()
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
+        return {"sums": {k: float(_total(values)) for k, values in self.values.items()}, "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = defaultdict(float, state["sums"])
+        self.values = defaultdict(list, {k: [v] for k, v in state["sums"].items()})
         self.counts = defaultdict(int, state["counts"])
+
+
+def _total(values: list[Any]) -> Any:
+    """The sum of numbers and 0-d tensors: a tensor where any is one, else a float."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    numbers = sum(float(v) for v in values if not isinstance(v, Tensor))
+    return torch.stack(tensors).sum() + numbers if tensors else numbers
 
 
 class OffPolicyRunner:

@@ -9,7 +9,7 @@ from policyopt.algos.dqn import DQN
 from policyopt.algos.sac import SAC
 from policyopt.cli import main
 from policyopt.evaluation import critic_bias, discounted_soft_returns
-from policyopt.loops import resume
+from policyopt.loops import MetricWindow, resume
 
 from helpers import read_metrics
 
@@ -30,6 +30,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, cls, env_id):
     rows = read_metrics(tmp_path / "full")
     assert rows == read_metrics(tmp_path / "cut")
     assert [row["global_step"] for row in rows if row["diag/q_bias"]] == ["200", "400", "600"]
+
+
+def test_metric_window_means_across_folds_and_checkpoints():
+    window = MetricWindow()
+    n = 3 * MetricWindow.FOLD + 5
+    for i in range(n):
+        window.add({"loss": torch.tensor(float(i)), "lr": 0.5, "grad": torch.tensor(1.0, requires_grad=True) * i})
+        assert len(window.values["loss"]) <= MetricWindow.FOLD + 1
+    resumed = MetricWindow()
+    resumed.load_state_dict(window.state_dict())
+    for w in (window, resumed):
+        w.add({"loss": torch.tensor(float(n)), "lr": 0.5, "grad": torch.tensor(float(n))})
+        assert w.pop() == pytest.approx({"loss": n / 2, "lr": 0.5, "grad": n / 2})
+    assert window.pop() == {}
 
 
 def test_soft_returns_match_brute_force():
