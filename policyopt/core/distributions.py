@@ -148,13 +148,20 @@ class StateDependentGaussian(DiagGaussian):
             return self.mean + self.noise
 
 
+def _squash_log_det(u: Tensor, scale: Tensor | float) -> Tensor:
+    """log |da/du| of ``a = loc + scale * tanh(u)``, per coordinate:
+    ``log scale + log(1 - tanh(u)^2)``, with ``log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u))``."""
+    log_scale = torch.log(torch.as_tensor(scale, dtype=u.dtype, device=u.device))
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) + log_scale
+
+
 class _SquashedSample(torch.autograd.Function):
     """``a = loc + scale * tanh(u)``, ``u = mean + std * eps``, and ``log pi(a|s)`` (``SquashedGaussian``),
     with the backward pass written out.
 
     Forward, with ``t = tanh(u)``:
 
-        log pi = sum_i [ -eps_i^2 / 2 - log std_i - log sqrt(2 pi) - 2 (log 2 - u_i - softplus(-2 u_i)) - log scale_i ]
+        log pi = sum_i [ -eps_i^2 / 2 - log std_i - log sqrt(2 pi) - log |da_i/du_i| ]      (``_squash_log_det``)
 
     (``log N(u; mean, std)`` from the draw ``eps`` itself: ``(u - mean) / std`` is ``eps`` up to
     rounding.) Backward, from ``d log(1 - t^2) / du = -2 t``, for gradients ``g_a`` of the action
@@ -174,7 +181,7 @@ class _SquashedSample(torch.autograd.Function):
         u = mean + std * eps
         t = torch.tanh(u)
         scale = torch.as_tensor(scale, dtype=u.dtype, device=u.device)
-        log_prob = -0.5 * eps * eps - log_std - LOG_SQRT_2PI - 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) - scale.log()
+        log_prob = -0.5 * eps * eps - log_std - LOG_SQRT_2PI - _squash_log_det(u, scale)
         ctx.save_for_backward(t, std, eps, scale)
         return loc + scale * t, log_prob.sum(-1)
 
@@ -206,10 +213,6 @@ class SquashedGaussian:
     def _squash(self, u: Tensor) -> Tensor:
         return self.loc + self.scale * torch.tanh(u)
 
-    def _log_abs_det_jacobian(self, u: Tensor) -> Tensor:
-        log_scale = torch.log(torch.as_tensor(self.scale, dtype=u.dtype, device=u.device))
-        return (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u)) + log_scale).sum(-1)
-
     def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
         """One reparameterized sample and its log-prob, computed from the pre-tanh value (exact)."""
         eps = torch.randn_like(self.base.mean)  # the draw of ``base.rsample``
@@ -226,7 +229,7 @@ class SquashedGaussian:
         """log pi(a|s) of a given action; inverts tanh with the input clamped inside (-1, 1)."""
         y = ((action - self.loc) / self.scale).clamp(-1.0 + 1e-6, 1.0 - 1e-6)
         u = torch.atanh(y)
-        return self.base.log_prob(u) - self._log_abs_det_jacobian(u)
+        return self.base.log_prob(u) - _squash_log_det(u, self.scale).sum(-1)
 
     def entropy(self) -> Tensor:
         """Single-sample estimate -log pi(a|s): the squashed Gaussian has no closed form."""
