@@ -15,11 +15,13 @@ from policyopt.core.optim import (
     KFAC,
     FlatAdam,
     FusedAdam,
+    adam,
     backtracking_line_search,
     conjugate_gradient,
     fisher_vector_product,
     flat_grad,
     flat_params,
+    gradient_step,
     natural_gradient_step,
     polyak_update,
     set_lr,
@@ -443,6 +445,25 @@ def test_fused_adam_steps_are_torch_fused_adams(options, monkeypatch):
     assert fused.state[ours[0]]["step"] == 12 and fused.state[ours[2]]["step"] == 11
     for state, ref_state in zip(fused.state_dict()["state"].values(), adam.state_dict()["state"].values(), strict=True):
         assert state.keys() == ref_state.keys() and all(torch.equal(state[k], ref_state[k]) for k in state)
+
+
+def test_gradient_step_with_a_transposed_gradient_steps_each_element_by_its_own_gradient():
+    """torch's fused Adam on CPU reads a gradient as flat memory (a transposed one steps the wrong
+    elements, silently); gradient_step hands it a contiguous copy, so the step is the one a
+    contiguous gradient gives, and the per-element (foreach) Adam's up to rounding."""
+    torch.manual_seed(0)
+    start = torch.randn(6, 3)
+    transposed, contiguous, reference = (torch.nn.Parameter(start.clone()) for _ in range(3))
+    opts = [adam([transposed], lr=0.1), adam([contiguous], lr=0.1), torch.optim.Adam([reference], lr=0.1, foreach=True)]
+    for _ in range(3):
+        grad = torch.randn(3, 6).t()  # [6, 3], strides (1, 6)
+        gradient_step(opts[0], [grad])
+        gradient_step(opts[1], [grad.contiguous()])
+        reference.grad = grad.clone()
+        opts[2].step()
+    assert torch.equal(transposed, contiguous)
+    torch.testing.assert_close(transposed, reference)
+    assert not torch.allclose(transposed, start, atol=0.1)  # it moved: three steps of 0.1 each
 
 
 def test_capturable_flat_adam_counts_and_reads_its_rate_on_the_device():

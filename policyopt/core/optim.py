@@ -435,10 +435,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def gradient_step(optimizer: torch.optim.Optimizer, grads: Sequence[Tensor], max_grad_norm: float | None = None) -> Tensor | None:
     """One step of ``optimizer`` with ``grads`` as the gradients of its parameters, in their order
     (computed apart, e.g. by ``torch.autograd.grad`` in a ``runtime.record``), clipped to a total
-    norm of ``max_grad_norm`` first if given; returns the norm before clipping then."""
+    norm of ``max_grad_norm`` first if given; returns the norm before clipping then.
+
+    A gradient laid out in memory unlike a contiguous tensor is copied first: ``autograd.grad``
+    returns gradients in whatever layout its backward formulas made (``backward()`` would make
+    them match the parameters), and PyTorch's fused Adam on CPU reads every gradient as flat
+    memory, so with a transposed one it steps the wrong elements, without an error (torch
+    2.13; ``torch.optim.Adam(fused=True)`` alike)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for p, g in zip(params, grads, strict=True):
-        p.grad = g
+        p.grad = g if g.is_contiguous() else g.contiguous()
     norm = None if max_grad_norm is None else torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     return norm
