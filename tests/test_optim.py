@@ -447,21 +447,25 @@ def test_fused_adam_steps_are_torch_fused_adams(options, monkeypatch):
         assert state.keys() == ref_state.keys() and all(torch.equal(state[k], ref_state[k]) for k in state)
 
 
-def test_gradient_step_with_a_transposed_gradient_steps_each_element_by_its_own_gradient():
+def test_fused_adam_with_a_transposed_gradient_steps_each_element_by_its_own_gradient():
     """torch's fused Adam on CPU reads a gradient as flat memory (a transposed one steps the wrong
-    elements, silently); gradient_step hands it a contiguous copy, so the step is the one a
-    contiguous gradient gives, and the per-element (foreach) Adam's up to rounding."""
+    elements, silently); FusedAdam hands it a contiguous copy, whether the gradient comes through
+    gradient_step or is set by hand, so the step is the one a contiguous gradient gives, and the
+    per-element (foreach) Adam's up to rounding."""
     torch.manual_seed(0)
     start = torch.randn(6, 3)
-    transposed, contiguous, reference = (torch.nn.Parameter(start.clone()) for _ in range(3))
-    opts = [adam([transposed], lr=0.1), adam([contiguous], lr=0.1), torch.optim.Adam([reference], lr=0.1, foreach=True)]
+    transposed, by_hand, contiguous, reference = (torch.nn.Parameter(start.clone()) for _ in range(4))
+    opts = [adam([p], lr=0.1) for p in (transposed, by_hand, contiguous)]
+    opts.append(torch.optim.Adam([reference], lr=0.1, foreach=True))
     for _ in range(3):
         grad = torch.randn(3, 6).t()  # [6, 3], strides (1, 6)
         gradient_step(opts[0], [grad])
-        gradient_step(opts[1], [grad.contiguous()])
+        by_hand.grad = grad.clone()
+        opts[1].step()
+        gradient_step(opts[2], [grad.contiguous()])
         reference.grad = grad.clone()
-        opts[2].step()
-    assert torch.equal(transposed, contiguous)
+        opts[3].step()
+    assert torch.equal(transposed, contiguous) and torch.equal(by_hand, contiguous)
     torch.testing.assert_close(transposed, reference)
     assert not torch.allclose(transposed, start, atol=0.1)  # it moved: three steps of 0.1 each
 

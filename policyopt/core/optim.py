@@ -97,6 +97,14 @@ class FusedAdam(torch.optim.Adam):
         self._direct = len(kinds) == 1 and next(iter(kinds))[0].type in ("cpu", "cuda")
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        # the fused kernel reads every gradient as flat memory: with a transposed one it would step
+        # the wrong elements, without an error (torch 2.13's Adam(fused=True) on CPU does). backward()
+        # lays gradients out like their parameters; a gradient set by hand (from autograd.grad, as
+        # gradient_step sets them) may come in any layout, so a non-contiguous one is copied first
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not p.grad.is_contiguous():
+                    p.grad = p.grad.contiguous()
         steps = self._direct_steps() if closure is None else None
         if steps is None:
             return super().step(closure)
@@ -435,16 +443,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def gradient_step(optimizer: torch.optim.Optimizer, grads: Sequence[Tensor], max_grad_norm: float | None = None) -> Tensor | None:
     """One step of ``optimizer`` with ``grads`` as the gradients of its parameters, in their order
     (computed apart, e.g. by ``torch.autograd.grad`` in a ``runtime.record``), clipped to a total
-    norm of ``max_grad_norm`` first if given; returns the norm before clipping then.
-
-    A gradient laid out in memory unlike a contiguous tensor is copied first: ``autograd.grad``
-    returns gradients in whatever layout its backward formulas made (``backward()`` would make
-    them match the parameters), and PyTorch's fused Adam on CPU reads every gradient as flat
-    memory, so with a transposed one it steps the wrong elements, without an error (torch
-    2.13; ``torch.optim.Adam(fused=True)`` alike)."""
+    norm of ``max_grad_norm`` first if given; returns the norm before clipping then."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for p, g in zip(params, grads, strict=True):
-        p.grad = g if g.is_contiguous() else g.contiguous()
+        p.grad = g
     norm = None if max_grad_norm is None else torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     return norm
