@@ -2,6 +2,7 @@
 gradient, the natural-gradient step, the KL line search and K-FAC; FlatAdam and FusedAdam
 against PyTorch's clipping and Adam, bit for bit."""
 
+import copy
 import io
 
 import gymnasium as gym
@@ -445,6 +446,37 @@ def test_fused_adam_steps_are_torch_fused_adams(options, monkeypatch):
     assert fused.state[ours[0]]["step"] == 12 and fused.state[ours[2]]["step"] == 11
     for state, ref_state in zip(fused.state_dict()["state"].values(), adam.state_dict()["state"].values(), strict=True):
         assert state.keys() == ref_state.keys() and all(torch.equal(state[k], ref_state[k]) for k in state)
+
+
+def test_fused_adam_step_with_given_gradients_is_torch_fused_adams_and_keeps_grad():
+    """gradient_step hands FusedAdam the gradients as a list (step_with): the steps are
+    torch.optim.Adam(fused=True)'s bit for bit, the first (which makes the state) included,
+    ``.grad`` is left as it was, and after load_state_dict the step moves the loaded state's
+    tensors (listed anew), not the replaced ones; a wrong number of gradients is an error."""
+    ours, ref = _param_pair()
+    fused, adam = FusedAdam(ours, lr=1e-2, weight_decay=0.1), torch.optim.Adam(ref, lr=1e-2, weight_decay=0.1, fused=True)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(8):
+        if step == 5:  # both load the state of a third optimizer, 3 steps in
+            third, _ = _param_pair()
+            other = torch.optim.Adam(third, lr=1e-2, weight_decay=0.1, fused=True)
+            for _ in range(3):
+                _set_grads(third, ref, gen)
+                other.step()
+            fused.load_state_dict(copy.deepcopy(other.state_dict()))  # the state's tensors are shared otherwise
+            adam.load_state_dict(copy.deepcopy(other.state_dict()))
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        gradient_step(fused, grads)
+        for p, g in zip(ref, grads):
+            p.grad = g.clone()
+        adam.step()
+        assert all(p.grad is None for p in ours)
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b)
+    for state, ref_state in zip(fused.state_dict()["state"].values(), adam.state_dict()["state"].values(), strict=True):
+        assert all(torch.equal(state[k], ref_state[k]) for k in state)
+    with pytest.raises(ValueError, match="gradients for"):
+        fused.step_with(grads[:-1])
 
 
 def test_fused_adam_with_a_transposed_gradient_steps_each_element_by_its_own_gradient():
