@@ -461,7 +461,8 @@ def test_fused_adam_step_with_given_gradients_is_torch_fused_adams_and_keeps_gra
             third, _ = _param_pair()
             other = torch.optim.Adam(third, lr=1e-2, weight_decay=0.1, fused=True)
             for _ in range(3):
-                _set_grads(third, ref, gen)
+                for p in third:
+                    p.grad = torch.randn(p.shape, generator=gen)
                 other.step()
             fused.load_state_dict(copy.deepcopy(other.state_dict()))  # the state's tensors are shared otherwise
             adam.load_state_dict(copy.deepcopy(other.state_dict()))
