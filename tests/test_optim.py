@@ -452,7 +452,8 @@ def test_fused_adam_step_with_given_gradients_is_torch_fused_adams_and_keeps_gra
     """gradient_step hands FusedAdam the gradients as a list (step_with): the steps are
     torch.optim.Adam(fused=True)'s bit for bit, the first (which makes the state) included,
     ``.grad`` is left as it was, and after load_state_dict the step moves the loaded state's
-    tensors (listed anew), not the replaced ones; a wrong number of gradients is an error."""
+    tensors (listed anew), not the replaced ones; a wrong number of gradients is an error; a
+    deep copy (which goes through __getstate__/__setstate__, as unpickling does) steps its own."""
     ours, ref = _param_pair()
     fused, adam = FusedAdam(ours, lr=1e-2, weight_decay=0.1), torch.optim.Adam(ref, lr=1e-2, weight_decay=0.1, fused=True)
     gen = torch.Generator().manual_seed(3)
@@ -478,6 +479,13 @@ def test_fused_adam_step_with_given_gradients_is_torch_fused_adams_and_keeps_gra
         assert all(torch.equal(state[k], ref_state[k]) for k in state)
     with pytest.raises(ValueError, match="gradients for"):
         fused.step_with(grads[:-1])
+    copied = copy.deepcopy(fused)  # a copy (or an unpickled one) steps its own tensors
+    copied_params = [p for group in copied.param_groups for p in group["params"]]
+    for _ in range(2):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        fused.step_with(grads)
+        copied.step_with(grads)
+    assert all(torch.equal(a, b) and a is not b for a, b in zip(ours, copied_params))
 
 
 def test_fused_adam_with_a_transposed_gradient_steps_each_element_by_its_own_gradient():

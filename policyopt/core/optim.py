@@ -80,7 +80,7 @@ class FusedAdam(torch.optim.Adam):
     ``torch.optim.Optimizer``, the per-parameter checks of ``_init_group``, the grouping of the
     tensors by device and dtype (here checked once, as the groups are added), and the lookup of
     each parameter's state (the state's tensors are listed once, at the first direct step, and
-    listed anew after ``load_state_dict``, which replaces them). ``step_with(grads)`` takes the
+    anew after ``load_state_dict``, which replaces them, or a copy). ``step_with(grads)`` takes the
     gradients as a list instead of from ``.grad`` (``gradient_step``: SAC, TD3, DDPG). SAC's
     update takes three steps (critics, actor, temperature); between the update's graphs, with
     the caches cold, that Python cost about 5% of a training step on Pendulum here, and listing
@@ -98,13 +98,18 @@ class FusedAdam(torch.optim.Adam):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        self._plan_anew()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """``load_state_dict`` (new state tensors), unpickling and ``copy.deepcopy`` come through here."""
+        super().__setstate__(state)
+        self._one = None
+        self._plan_anew()
+
+    def _plan_anew(self) -> None:
         kinds = {(p.device, p.dtype) for group in self.param_groups for p in group["params"]}
         self._direct = len(kinds) == 1 and next(iter(kinds))[0].type in ("cpu", "cuda")
-        self._states: list[tuple[dict, dict[str, list[Tensor]]]] | None = None
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._states = None  # new state tensors: list them again
+        self._states: list[tuple[dict, dict[str, list[Tensor]]]] | None = None  # listed at the next direct step
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         grads = [p.grad for group in self.param_groups for p in group["params"]]
