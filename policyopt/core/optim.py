@@ -80,8 +80,8 @@ class FusedAdam(torch.optim.Adam):
     ``torch.optim.Optimizer``, the per-parameter checks of ``_init_group``, the grouping of the
     tensors by device and dtype (here checked once, as the groups are added), and the lookup of
     each parameter's state (the state's tensors are listed once, at the first direct step, and
-    anew after ``load_state_dict``, which replaces them, or a copy). ``step_with(grads)`` takes the
-    gradients as a list instead of from ``.grad`` (``gradient_step``: SAC, TD3, DDPG). SAC's
+    anew after ``load_state_dict``, which replaces them, or a copy). ``step_with(grads)`` takes
+    the gradients as a list instead of from ``.grad`` (``gradient_step``: SAC, TD3, DDPG). SAC's
     update takes three steps (critics, actor, temperature); between the update's graphs, with
     the caches cold, that Python cost about 5% of a training step on Pendulum here, and listing
     the state once and passing the gradients directly gained 4% more (one process, 16 pairs of
