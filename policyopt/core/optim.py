@@ -112,8 +112,7 @@ class FusedAdam(torch.optim.Adam):
         self._states: list[tuple[dict, dict[str, list[Tensor]]]] | None = None  # listed at the next direct step
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        grads = [p.grad for group in self.param_groups for p in group["params"]]
-        if closure is None and self._direct_step(grads):
+        if closure is None and self._direct_step([p.grad for group in self.param_groups for p in group["params"]]):
             return None
         # Adam.step(fused=True) has the same flaw as the kernel, below: hand it contiguous gradients
         for group in self.param_groups:
@@ -146,8 +145,9 @@ class FusedAdam(torch.optim.Adam):
         scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
         if groups is None or scaled or any(g is None for g in grads):
             return False
-        if len(grads) != sum(len(state["step"]) for _, state in groups):
-            raise ValueError(f"{len(grads)} gradients for {sum(len(group['params']) for group, _ in groups)} parameters")
+        num_params = sum(len(group["params"]) for group, _ in groups)
+        if len(grads) != num_params:
+            raise ValueError(f"{len(grads)} gradients for {num_params} parameters")
         for group, _ in groups:
             if not isinstance(group["lr"], float) or not all(isinstance(b, float) for b in group["betas"]):
                 return False
