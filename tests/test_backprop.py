@@ -76,10 +76,11 @@ def test_gradient_equals_autograd(space, hidden, activation, clip_vloss, ent_coe
 
 @pytest.mark.parametrize("space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
 @pytest.mark.parametrize("hidden,activation", [((64, 64), "tanh"), ((32,), "relu"), ((), "tanh")])
-def test_the_functional_policy_computes_the_modules_bits_and_reads_parameters_live(space, hidden, activation):
+@pytest.mark.parametrize("rows", [8, B])  # a rollout step's, a minibatch's (``nets.affine``'s two layouts)
+def test_the_functional_policy_computes_the_modules_bits_and_reads_parameters_live(space, hidden, activation, rows):
     torch.manual_seed(0)
     policy = ActorCritic(OBS_DIM, space, hidden, activation, log_std_init=-0.5)
-    functional, obs = FunctionalPolicy(policy), torch.randn(8, OBS_DIM)
+    functional, obs = FunctionalPolicy(policy), torch.randn(rows, OBS_DIM)
     with torch.no_grad():
         for _ in range(2):
             dist, value = policy.dist_and_value(obs)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policyopt.core.distributions import LOG_SQRT_2PI, Categorical, DiagGaussian, action_index
-from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, tanh
+from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, affine, tanh
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
 _ACTIVATIONS = {
@@ -70,8 +70,8 @@ def unsupported(policy: nn.Module) -> str | None:
 
 
 def _layer_calls(net: MLP) -> list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]]:
-    """``net``'s layers as ``(function, parameters)``: ``F.linear`` or the activation."""
-    return [(F.linear, (layer.weight, layer.bias)) if isinstance(layer, nn.Linear) else (_ACTIVATIONS[type(layer)][0], ()) for layer in net]
+    """``net``'s layers as ``(function, parameters)``: ``nets.affine`` or the activation."""
+    return [(affine, (layer.weight, layer.bias)) if isinstance(layer, nn.Linear) else (_ACTIVATIONS[type(layer)][0], ()) for layer in net]
 
 
 def _run(calls: list[tuple[Callable[..., Tensor], tuple[Tensor, ...]]], x: Tensor) -> Tensor:
@@ -128,7 +128,7 @@ class FunctionalPolicy:
         self.head, self.log_std = (out.weight, out.bias), None if self.categorical else head.log_std
 
     def dist(self, obs: Tensor) -> Categorical | DiagGaussian:
-        z = F.linear(_run(self.actor, obs), *self.head)
+        z = affine(_run(self.actor, obs), *self.head)
         return Categorical(z) if self.categorical else DiagGaussian(z, self.log_std)
 
     def dist_and_value(self, obs: Tensor) -> tuple[Categorical | DiagGaussian, Tensor]:
@@ -150,13 +150,13 @@ class ForwardPass:
         self.value = self.critic[-1].squeeze(-1)
         head, features = policy.actor_head, self.actor[-1]
         if isinstance(head, CategoricalHead):
-            logits = F.linear(features, head.logits.weight, head.logits.bias)
+            logits = affine(features, head.logits.weight, head.logits.bias)
             self.log_probs = logits.log_softmax(dim=-1)
             self.probs = self.log_probs.exp()
             self.logp = self.log_probs.gather(-1, self.index).squeeze(-1)
             self.entropy = -(self.probs * self.log_probs).sum(-1)
         else:
-            self.mean = F.linear(features, head.mean.weight, head.mean.bias)
+            self.mean = affine(features, head.mean.weight, head.mean.bias)
             log_std = head.log_std.expand_as(self.mean)
             self.std = log_std.exp()
             self.u = (action - self.mean) / self.std

@@ -84,12 +84,27 @@ def tanh(x: Tensor) -> Tensor:
 _FUNCTIONAL = {nn.Tanh: tanh, nn.ReLU: F.relu, nn.ELU: F.elu, nn.SiLU: F.silu}
 
 
+def affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)``: ``x W^T + b``. For a batch of rows into a narrow output
+    (2 to 8 features: a policy's head) it is computed as ``(W x^T + b)^T``, with the narrow
+    dimension as the matmul's rows: MKL's kernel for ``x W^T`` at such shapes took 33 us for
+    256 rows of 256 features into 2 here (6.9 us transposed), and 12 us (5.3) from 64 features.
+    One output feature (a value head) goes to a matrix-vector kernel either way and stays as
+    it is. The result is a transposed view, and each of its columns is contiguous. In training
+    steps (16 pairs of blocks alternated in one process): SAC 1.011x (9 of 16 faster), PPO
+    CartPole 1.009x (12 of 16) with the zoo's config, 1.003x (8 of 16) with CleanRL's."""
+    if bias is not None and x.dim() == 2 and x.shape[0] >= 64 and 1 < weight.shape[0] <= 8:
+        return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()
+    return F.linear(x, weight, bias)
+
+
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """``layer(x)`` without the module call (~30 us of Python per call on CPU, as much as the
-    matmul itself at RL sizes), unless something hooks the layer (K-FAC reads its inputs)."""
+    matmul itself at RL sizes), by ``affine``, unless something hooks the layer (K-FAC reads
+    its inputs)."""
     if layer._forward_hooks or layer._forward_pre_hooks:
         return layer(x)
-    return F.linear(x, layer.weight, layer.bias)
+    return affine(x, layer.weight, layer.bias)
 
 
 class MLP(nn.Sequential):
@@ -343,9 +358,14 @@ class EnsembleMLP(nn.Module):
 
     Layer ``i`` stores the weights of every member stacked, ``[K, in_i, out_i]``, and the
     biases ``[K, 1, out_i]``, so twin critics cost one batched matmul per layer instead of two
-    matmuls and two module calls. Input ``[B, in]`` (shared by all members) or ``[K, B, in]``;
-    output ``[K, B, out]``. Each member starts like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)),
-    the default of the off-policy critics in SB3 and CleanRL.
+    matmuls and two module calls. A layer with one output (a Q-value) multiplies and sums
+    instead: a batched matmul into one column gets no matrix-vector kernel, and took 31 us for
+    twin 256-feature heads on 256 rows here (the product and sum 15 us; the weights' gradient
+    31 us as a matmul, 13 us as a sum; SAC's training step 1.015x, 12 of 16 pairs of blocks
+    alternated in one process). Input ``[B, in]`` (shared
+    by all members) or ``[K, B, in]``; output ``[K, B, out]``. Each member starts like
+    ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), the default of the off-policy critics in SB3
+    and CleanRL.
 
     ``detach_params=True`` evaluates with the parameters cut from the graph: gradients still
     flow to the input (the actor's action), not to the critic, which saves the weight-gradient
@@ -376,7 +396,10 @@ class EnsembleMLP(nn.Module):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             if detach_params:
                 weight, bias = weight.detach(), bias.detach()
-            h = torch.baddbmm(bias, h, weight)
+            if weight.shape[-1] == 1:  # one output: multiply and sum (see the class docstring)
+                h = (h * weight.transpose(1, 2)).sum(-1, keepdim=True) + bias
+            else:
+                h = torch.baddbmm(bias, h, weight)
             if i < last:
                 h = self.activation(h)
         return h
