@@ -362,10 +362,9 @@ class EnsembleMLP(nn.Module):
     instead: a batched matmul into one column gets no matrix-vector kernel, and took 31 us for
     twin 256-feature heads on 256 rows here (the product and sum 15 us; the weights' gradient
     31 us as a matmul, 13 us as a sum; SAC's training step 1.015x, 12 of 16 pairs of blocks
-    alternated in one process). Input ``[B, in]`` (shared
-    by all members) or ``[K, B, in]``; output ``[K, B, out]``. Each member starts like
-    ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), the default of the off-policy critics in SB3
-    and CleanRL.
+    alternated in one process). Input ``[B, in]`` (shared by all members) or ``[K, B, in]``;
+    output ``[K, B, out]``. Each member starts like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)),
+    the default of the off-policy critics in SB3 and CleanRL.
 
     ``detach_params=True`` evaluates with the parameters cut from the graph: gradients still
     flow to the input (the actor's action), not to the critic, which saves the weight-gradient
