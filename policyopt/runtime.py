@@ -268,7 +268,8 @@ def _simplify(graph: torch.fx.Graph) -> None:
     a matmul's output read by nothing else writes its result there (``relu_``): the backward reads
     the ReLU's output, never its input, and the graph keeps one ``[2, 256, 256]`` activation
     less in the caches per layer. The same kernels on the same numbers: the same bits. Measured
-    on SAC's training steps (one process, blocks of steps alternated): 2.4% faster.
+    on SAC's training steps (one process, blocks of steps alternated): 2.4% faster. Then
+    ``_transpose_weight_grads``.
     """
     aten = torch.ops.aten
     for node in list(graph.nodes):
@@ -285,6 +286,31 @@ def _simplify(graph: torch.fx.Graph) -> None:
                 graph.erase_node(source)
         elif node.target is aten.relu.default and getattr(source, "target", None) in _MATMULS and len(source.users) == 1:
             node.target = aten.relu_.default
+    _transpose_weight_grads(graph)
+
+
+def _transpose_weight_grads(graph: torch.fx.Graph) -> None:
+    """Autograd's weight gradients of linear layers, ``mm(t(grad), inp)``, computed as
+    ``t(mm(t(inp), grad))`` where ``nets.weight_grad`` computes them so (a first layer's, from
+    few input features over many rows): the same bits, in MKL's fast layout. SAC's actor on
+    Pendulum (3 observations, 256 rows into 256): 39 -> 6 us. The gradient is a transposed view."""
+    from policyopt.core.nets import transposed_weight_grad  # nets imports optim, which imports this module
+
+    aten = torch.ops.aten
+    for node in list(graph.nodes):
+        if node.target is not aten.mm.default:
+            continue
+        grad_t, inp = node.args
+        shape = getattr(getattr(inp, "meta", {}).get("val"), "shape", ())
+        if getattr(grad_t, "target", None) is not aten.t.default or len(shape) != 2 or not transposed_weight_grad(*shape):
+            continue
+        with graph.inserting_before(node):
+            inp_t = graph.call_function(aten.t.default, (inp,))
+            product = graph.call_function(aten.mm.default, (inp_t, grad_t.args[0]))
+            node.replace_all_uses_with(graph.call_function(aten.t.default, (product,)))
+        graph.erase_node(node)
+        if not grad_t.users:
+            graph.erase_node(grad_t)
 
 
 _MATMULS = frozenset((torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default))

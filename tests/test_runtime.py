@@ -193,8 +193,9 @@ def test_recorded_updates_are_the_eager_updates_bit_for_bit(algo, env_id, config
 
 def test_a_record_drops_detaches_and_double_transposes_and_runs_relus_in_place():
     """``_simplify`` on a record of a two-layer ReLU net's loss and gradients: no ``detach`` and no
-    transpose of a transpose remain, the ReLUs after the matmuls write in place, and the record
-    still returns the gradients bit for bit."""
+    transpose of a transpose remain, the ReLUs after the matmuls write in place, the first
+    layer's weight gradient is computed transposed (``nets.weight_grad``), and the record still
+    returns the gradients bit for bit."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     torch.manual_seed(0)
@@ -204,7 +205,7 @@ def test_a_record_drops_detaches_and_double_transposes_and_runs_relus_in_place()
         loss = net(x).pow(2).mean()
         return [loss.detach(), *torch.autograd.grad(loss, list(net.parameters()))]
 
-    x = torch.randn(32, 3)
+    x = torch.randn(128, 3)
     with torch.enable_grad():
         graph = make_fx(loss_and_grads)(x)
     aten = torch.ops.aten
@@ -215,10 +216,15 @@ def test_a_record_drops_detaches_and_double_transposes_and_runs_relus_in_place()
     def double_transposes():
         return sum(n.target is aten.t.default and n.args[0].target is aten.t.default for n in graph.graph.nodes)
 
+    def narrow_weight_grads():  # mm(t(grad), x): [16, 128] @ [128, 3]
+        return sum(n.target is aten.mm.default and n.args[0].target is aten.t.default and n.args[1].meta["val"].shape[1] == 3
+                   for n in graph.graph.nodes)
+
     assert count(aten.detach.default) > 0 and double_transposes() > 0 and count(aten.relu.default) == 2
+    assert narrow_weight_grads() == 1
     _simplify(graph.graph)
     graph.recompile()
-    assert count(aten.detach.default) == 0 and double_transposes() == 0
+    assert count(aten.detach.default) == 0 and double_transposes() == 0 and narrow_weight_grads() == 0
     assert count(aten.relu_.default) == 2 and count(aten.relu.default) == 0
     with torch.no_grad():
         got = graph(x)

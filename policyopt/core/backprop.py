@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policyopt.core.distributions import LOG_SQRT_2PI, Categorical, DiagGaussian, action_index
-from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, affine, tanh
+from policyopt.core.nets import MLP, ActorCritic, CategoricalHead, GaussianHead, affine, tanh, weight_grad
 
 # activation: (forward, backward(dL/d out, out) -> dL/d in), the kernels autograd uses
 _ACTIVATIONS = {
@@ -105,7 +105,7 @@ def _mlp_backward(
         if not isinstance(layer, nn.Linear):
             grad = _ACTIVATIONS[type(layer)][1](grad, act_out)
             continue
-        grads[layer.weight] = torch.mm(grad.t(), inp, **_into(out, layer.weight))
+        grads[layer.weight] = weight_grad(grad, inp, **_into(out, layer.weight))
         grads[layer.bias] = torch.sum(grad, 0, **_into(out, layer.bias))
         if k > 0:
             grad = grad.mm(layer.weight)
@@ -188,7 +188,7 @@ class ForwardPass:
             grads[head.log_std] = torch.sum(through_sigma + (dent - dlogp), 0, **_into(out, head.log_std))
             out_layer = head.mean
         features = self.actor[-1]
-        grads[out_layer.weight] = torch.mm(dz.t(), features, **_into(out, out_layer.weight))
+        grads[out_layer.weight] = weight_grad(dz, features, **_into(out, out_layer.weight))
         grads[out_layer.bias] = torch.sum(dz, 0, **_into(out, out_layer.bias))
         _mlp_backward(self.policy.actor_body, self.actor, dz.mm(out_layer.weight), grads, out)
         _mlp_backward(self.policy.critic, self.critic, dvalue.unsqueeze(-1), grads, out)
