@@ -209,9 +209,10 @@ def record(fn: Callable[..., Any], inputs: tuple[Tensor, ...]) -> Callable[..., 
     call ``torch.autograd.grad`` (the SAC update's gradients of its losses, say). ``make_fx``
     (``torch.fx``) runs it once on ``inputs`` and records every ATen op it executes, those that
     autograd runs for the gradients included; ``trace`` records that graph for TorchScript's
-    interpreter. The record calls the same kernels in the same order on the same tensors, so it
-    returns the same bits as ``fn``, and its random draws come from the global generator in the
-    same order (its first run is undone, as in ``trace``). The tensors ``fn`` reads without
+    interpreter. The record calls the same kernels in the same order on the same tensors (but
+    for ``_simplify``'s rewrites, which keep the bits), so it returns the same bits as ``fn``,
+    and its random draws come from the global generator in the same order (its first run is
+    undone, as in ``trace``). The tensors ``fn`` reads without
     taking them as inputs (the networks' parameters and buffers) are read live, so in-place
     optimizer steps between calls are seen. What the record does not see: branches on values
     (it keeps the path taken), Python numbers read (kept as constants), ``fn``'s side effects
