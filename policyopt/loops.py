@@ -306,7 +306,8 @@ class OnPolicyRunner:
         # V(s_t) of a rollout in one batch at its end (``batch_values``), where the agent can act
         # without it (``sample``) and the batch gives the critic's per-step values bit for bit:
         # None until the first rollout has told (kernels round by shape, not by value)
-        self.batch_values: bool | None = None if callable(getattr(agent, "sample", None)) else False
+        self.can_sample = callable(getattr(agent, "sample", None))
+        self.batch_values: bool | None = None if self.can_sample else False
 
     @torch.no_grad()
     def collect(self) -> RolloutBuffer:
@@ -319,15 +320,25 @@ class OnPolicyRunner:
         # the loop's calls looked up once (each lookup and call costs more between env steps,
         # whose Python evicts the interpreter's caches, than in a loop of its own)
         collector, scaler, add = self.collector, self.reward_scaler, buf.add
-        act, env_action, env_step = (agent.sample if self.batch_values else agent.act), collector.env_action, collector.step
+        env_action, env_step = collector.env_action, collector.step
         normalize = agent.normalize if agent.obs_normalizer is not None else None
         device_envs = isinstance(collector, TorchCollector)  # their final values at the rollout's end
-        noise = agent.rollout_noise(buf.num_steps, buf.num_envs) if self.batch_values else None
+        # the agent acts by ``sample`` where the values come in one batch, and on host envs wherever
+        # it draws the rollout's noise at once (a Categorical policy: ``SampleStep`` computes its
+        # logits with NumPy there), then with V(s_t) per step; by ``act`` elsewhere
+        noise = None
+        if self.batch_values or (self.can_sample and not device_envs):
+            noise = agent.rollout_noise(buf.num_steps, buf.num_envs)
         if noise is not None:  # a step's draws: NumPy rows for host envs (``Categorical.sample``), tensors to record
             noise = noise.unbind(0) if device_envs else list(noise.numpy())
+        sampling = self.batch_values or noise is not None
+        act = agent.sample if sampling else agent.act
+        step_values = agent.value if sampling and not self.batch_values else None
         with collector.acting():
             for t in range(buf.num_steps):
                 action, extras = act(obs) if noise is None else act(obs, noise[t])
+                if step_values is not None:
+                    extras["value"] = step_values(obs)
                 step = env_step(env_action(action))
                 reward, done = step.reward, step.done  # NumPy arrays (tensors from device envs), stacked by buf
                 if scaler is not None:

@@ -1,12 +1,20 @@
 """core.backprop: the written-out backward pass equals autograd's gradient of the same loss."""
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 from policyopt.algos.ppo import PPO
 from policyopt.config import ConfigError
-from policyopt.core.backprop import ForwardPass, FunctionalPolicy, clipped_surrogate_with_grad, unsupported, value_loss_with_grad
+from policyopt.core.backprop import (
+    ForwardPass,
+    FunctionalPolicy,
+    NumpyActor,
+    clipped_surrogate_with_grad,
+    unsupported,
+    value_loss_with_grad,
+)
 from policyopt.core.losses import clipped_surrogate_loss, value_loss
 from policyopt.core.nets import ActorCritic, sigmoid_tanh
 
@@ -91,6 +99,37 @@ def test_the_functional_policy_computes_the_modules_bits_and_reads_parameters_li
                 p.add_(0.1)
             layer = policy.actor_body[0] if hidden else policy.critic[0]
             layer.weight.data = layer.weight.data * 2.0
+
+
+@pytest.mark.parametrize("hidden,activation", [((64, 64), "tanh"), ((32,), "relu"), ((), "tanh")])
+def test_the_numpy_actor_computes_the_logits_up_to_rounding_and_reads_parameters_live(hidden, activation):
+    torch.manual_seed(0)
+    policy = ActorCritic(OBS_DIM, DISCRETE, hidden, activation)
+    assert NumpyActor.applies(policy)
+    actor, obs = NumpyActor(policy), torch.randn(8, OBS_DIM)
+    before = obs.clone()
+    with torch.no_grad():
+        for _ in range(3):
+            z, expected = actor.logits(obs.numpy()), policy.dist(obs).raw
+            assert z.dtype == np.float32 and z.shape == expected.shape
+            torch.testing.assert_close(torch.from_numpy(z), expected, rtol=1e-6, atol=1e-6)  # float32 rounding only
+            for p in policy.parameters():  # an optimizer step in place, then a parameter's data re-pointed
+                p.add_(0.1)
+            layer = policy.actor_head.logits
+            layer.bias.data = layer.bias.data * 2.0
+    assert torch.equal(obs, before)  # the input is not written
+
+
+@pytest.mark.parametrize("space,kwargs", [
+    (BOX, {}),
+    (DISCRETE, dict(shared=True)),
+    (DISCRETE, dict(activation="elu")),
+    (DISCRETE, dict(dtype=torch.float64)),
+])
+def test_the_numpy_actor_takes_categorical_float32_policies_only(space, kwargs):
+    dtype = kwargs.pop("dtype", torch.float32)
+    policy = ActorCritic(OBS_DIM, space, (16,), kwargs.pop("activation", "tanh"), **kwargs).to(dtype)
+    assert not NumpyActor.applies(policy)
 
 
 @pytest.mark.parametrize("space,kwargs,reason", [

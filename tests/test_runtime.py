@@ -306,7 +306,8 @@ def test_trace_falls_back_to_the_module_where_torch_jit_trace_is_gone(monkeypatc
 def test_ppo_runs_the_same_with_and_without_traces(monkeypatch, env_id):
     """Traced closed-form gradient and Adam step, and acting through ``FunctionalPolicy``: the run
     of the eager code and the modules, bit for bit, also where a callback changes a loss
-    coefficient between updates (a new trace then)."""
+    coefficient between updates (a new trace then). (CartPole's rollouts act through
+    ``NumpyActor`` in both runs; Pendulum's Gaussian policy through ``FunctionalPolicy``.)"""
     def anneal_entropy_bonus(agent, metrics):
         agent.config.ent_coef = 0.01 * (1 - agent.global_step / 1024)
 
@@ -354,6 +355,25 @@ def test_one_gumbel_draw_gives_the_numbers_of_the_same_draws_step_by_step(shape)
     assert torch.equal(whole, torch.stack([-torch.empty(shape).exponential_(1.0).log() for _ in range(32)]))
     logits = torch.randn(32, *shape) * 3
     assert torch.equal(logits.log_softmax(-1), torch.stack([z.log_softmax(-1) for z in logits]))
+
+
+@pytest.mark.parametrize("num_envs", [8, 2])
+def test_host_rollouts_of_a_categorical_policy_act_on_numpy_logits(num_envs):
+    """Every rollout on host envs, the first (values per step) included, acts through
+    ``backprop.NumpyActor``: the logits it stores are the policy's up to float32 rounding."""
+    agent = PPO("CartPole-v1", seed=0, num_envs=num_envs, num_steps=64, batch_size=64)
+    agent.learn(num_envs * 64, progress=False)  # one rollout and its update: the logits before the update
+    steps = agent._sample_steps
+    assert list(steps) == [True] and steps[True].host is not None  # ``act`` never ran
+    before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+    buf = agent.runner.buffer
+    agent.learn(num_envs * 64, progress=False)
+    after = agent.policy.state_dict()
+    agent.policy.load_state_dict(before)
+    with torch.no_grad():
+        expected = agent.policy.dist(buf["obs"].flatten(0, 1)).raw.view_as(buf["logits"])
+    agent.policy.load_state_dict(after)
+    torch.testing.assert_close(buf["logits"], expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("algo,num_envs,batched", [("ppo", 8, True), ("a2c", 8, True), ("ppo", 2, False)])
