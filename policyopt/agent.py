@@ -435,11 +435,12 @@ class ActorCriticAgent(Agent):
         return action, {"logp": logp, "value": value}
 
     def sample(self, obs: Tensor, noise: Tensor | np.ndarray | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """``act(obs)``'s action (the same draw) without ``V(s)``, for a runner that evaluates the
-        critic once per rollout (``loops.OnPolicyRunner``); ``noise``: this step's part of
-        ``rollout_noise``. The extras hold ``log pi(a|s)`` as ``logp``, or for a Categorical
-        policy its logits as ``logits`` (the runner computes the actions' log-probabilities for
-        the whole rollout at its end, so that a step needs no ``log_softmax``; the same numbers)."""
+        """``act(obs)``'s action (the same draw; with NumPy ``noise`` a Categorical policy's logits
+        come from NumPy, see ``SampleStep``) without ``V(s)``, for ``loops.OnPolicyRunner``'s
+        rollouts; ``noise``: this step's part of ``rollout_noise``. The extras hold
+        ``log pi(a|s)`` as ``logp``, or for a Categorical policy its logits as ``logits`` (the
+        runner computes the actions' log-probabilities for the whole rollout at its end, so that
+        a step needs no ``log_softmax``; the same numbers)."""
         step = self._sample_step(rollout=True)
         action, out = step(obs) if noise is None else step(obs, noise)
         return action, {step.output: out}
