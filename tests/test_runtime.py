@@ -362,17 +362,15 @@ def test_host_rollouts_of_a_categorical_policy_act_on_numpy_logits(num_envs):
     """Every rollout on host envs, the first (values per step) included, acts through
     ``backprop.NumpyActor``: the logits it stores are the policy's up to float32 rounding."""
     agent = PPO("CartPole-v1", seed=0, num_envs=num_envs, num_steps=64, batch_size=64)
-    agent.learn(num_envs * 64, progress=False)  # one rollout and its update: the logits before the update
+    agent.learn(num_envs * 64, progress=False)  # the first rollout and its update
     steps = agent._sample_steps
     assert list(steps) == [True] and steps[True].host is not None  # ``act`` never ran
-    before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
-    buf = agent.runner.buffer
+    acting = {k: v.clone() for k, v in agent.policy.state_dict().items()}  # the next rollout's policy
     agent.learn(num_envs * 64, progress=False)
-    after = agent.policy.state_dict()
-    agent.policy.load_state_dict(before)
+    buf = agent.runner.buffer
+    agent.policy.load_state_dict(acting)
     with torch.no_grad():
         expected = agent.policy.dist(buf["obs"].flatten(0, 1)).raw.view_as(buf["logits"])
-    agent.policy.load_state_dict(after)
     torch.testing.assert_close(buf["logits"], expected, rtol=1e-6, atol=1e-6)
 
 
