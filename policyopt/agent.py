@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from policyopt import checkpoint
 from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_dict, to_json
 from policyopt.core.backprop import FunctionalPolicy, NumpyActor, unsupported
-from policyopt.core.distributions import Categorical, gumbel_noise
+from policyopt.core.distributions import Categorical, gumbel_argmax, gumbel_noise
 from policyopt.core.nets import ACTIVATIONS, POLICIES, CategoricalHead
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
@@ -395,7 +395,8 @@ class SampleStep:
     trace cost ~31 us a step more: a 128-step rollout of CleanRL's PPO config took 22.5 ms
     with it and 18.5 ms without.) A rollout call with NumPy noise (host envs) on a Categorical
     policy computes the logits with NumPy instead (``backprop.NumpyActor``: the same function,
-    rounded by NumPy's kernels), and the draw as ``Categorical.sample`` makes it from them.
+    rounded by NumPy's kernels) and draws the action with ``gumbel_argmax``, as
+    ``Categorical.sample`` does.
     """
 
     def __init__(self, policy: nn.Module, rollout: bool = False):
@@ -407,7 +408,7 @@ class SampleStep:
     def __call__(self, obs: Tensor, *noise: Tensor | np.ndarray) -> tuple[Tensor, ...]:
         if self.host is not None and noise and isinstance(noise[0], np.ndarray):
             z = self.host.logits(obs.numpy())
-            return torch.from_numpy(np.add(z, noise[0]).argmax(-1)), torch.from_numpy(z)
+            return gumbel_argmax(z, noise[0]), torch.from_numpy(z)
         net = self.net or self.policy
         if self.rollout:
             dist = net.dist(obs)

@@ -64,7 +64,7 @@ class Categorical:
         if noise is None:
             return (z - torch.empty_like(z).exponential_(1.0).log()).argmax(-1)
         if isinstance(noise, np.ndarray):
-            return torch.from_numpy(np.add(z.numpy(), noise).argmax(-1))
+            return gumbel_argmax(z.numpy(), noise)
         return (z + noise).argmax(-1)
 
     def log_prob(self, action: Tensor) -> Tensor:
@@ -79,6 +79,12 @@ class Categorical:
     def kl(self, other: Categorical) -> Tensor:
         """KL(self || other) = sum_a p(a) (log p(a) - log q(a))."""
         return (self.probs * (self.logits - other.logits)).sum(-1)
+
+
+def gumbel_argmax(z: np.ndarray, noise: np.ndarray) -> Tensor:
+    """``Categorical.sample``'s draw from NumPy logits ``z`` and noise ``g``: argmax(z + g) by
+    NumPy (float32 sums, the first maximum), as a tensor."""
+    return torch.from_numpy(np.add(z, noise).argmax(-1))
 
 
 def gumbel_noise(*shape: int, device: torch.device | str = "cpu") -> Tensor:
