@@ -36,7 +36,7 @@ from policyopt import checkpoint
 from policyopt.config import ConfigError, EnvConfig, build_config, preset, to_dict, to_json
 from policyopt.core.backprop import FunctionalPolicy, NumpyActor, unsupported
 from policyopt.core.distributions import Categorical, gumbel_argmax, gumbel_noise
-from policyopt.core.nets import ACTIVATIONS, POLICIES, CategoricalHead
+from policyopt.core.nets import ACTIVATIONS, POLICIES, ActorCritic, CategoricalHead
 from policyopt.core.normalize import ObsNormalizer
 from policyopt.envs.torch_envs import check_torch_env
 from policyopt.envs.vector import HOST_BACKENDS, EnvError, EnvLike, EnvSpaces, check_env_id, env_spaces, make_env
@@ -426,6 +426,12 @@ class ActorCriticAgent(Agent):
     evaluate for a whole rollout at once); ``value`` bootstraps from the critic."""
 
     policy: nn.Module
+
+    def build_policy(self, **kwargs: Any) -> None:
+        """``self.policy``, the config's ``ActorCritic`` (``kwargs``: more arguments of
+        ``ActorCritic.from_config``) on the agent's device, and ``self.nets`` holding it."""
+        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, self.config, **kwargs).to(self.device)
+        self.nets = torch.nn.ModuleDict({"policy": self.policy})
 
     def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         if deterministic:

@@ -26,7 +26,6 @@ from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.losses import policy_gradient_loss, value_loss
-from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import gae, nstep_returns, standardize
 
@@ -60,8 +59,7 @@ class A2C(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         params = self.policy.parameters()
         if cfg.optimizer == "rmsprop":
             optimizer = torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps, foreach=True)

@@ -36,7 +36,7 @@ from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
 from policyopt.core.distributions import Distribution
 from policyopt.core.losses import policy_gradient_loss, value_loss
-from policyopt.core.nets import ActorCritic, dist_under
+from policyopt.core.nets import dist_under
 from policyopt.core.optim import KFAC
 from policyopt.core.returns import rollout_gae
 
@@ -86,8 +86,7 @@ class ACKTR(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         if cfg.shared_network:  # one trust region over the joint Fisher (the paper's Atari setup)
             self.optimizers = {"kfac": self._kfac(self.policy, cfg.kl_clip)}
         else:  # a trust region each (the paper's MuJoCo setup, baselines' acktr_cont)

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.core.diagnostics import explained_variance, importance_ess
-from policyopt.core.nets import ActorCritic
 from policyopt.core.optim import adam, clip_and_step, set_lr
 from policyopt.core.returns import vtrace
 
@@ -85,8 +84,7 @@ class IMPALA(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         self.optimizers = {"policy": adam(self.policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps, fused=False)}
 
     def make_runner(self):

@@ -62,8 +62,7 @@ class NPG(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         self.optimizers = {"value": adam(self.policy.critic_parameters(), lr=cfg.learning_rate, fused=False)}
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:

@@ -200,8 +200,7 @@ class PPO(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         self.params = list(self.policy.parameters())
         if cfg.compile:  # the learning rate as a tensor, so that annealing it does not recompile
             lr = torch.tensor(cfg.learning_rate, device=self.device)

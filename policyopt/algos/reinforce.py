@@ -195,8 +195,7 @@ class REINFORCE(ActorCriticAgent):
     def build(self) -> None:
         cfg = self.config
         value_head = cfg.baseline == "value"
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg, value_head=value_head).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy(value_head=value_head)
         self.optimizers = {"policy": adam(self.policy.actor_parameters(), lr=cfg.learning_rate, fused=False)}
         if cfg.baseline == "value":
             self.optimizers["value"] = adam(self.policy.critic_parameters(), lr=cfg.critic_learning_rate, fused=False)

@@ -27,7 +27,7 @@ from policyopt.agent import ActorCriticAgent, ActorCriticConfig
 from policyopt.config import minibatch_problems
 from policyopt.core.buffers import RolloutBuffer
 from policyopt.core.diagnostics import explained_variance
-from policyopt.core.nets import ActorCritic, dist_under
+from policyopt.core.nets import dist_under
 from policyopt.core.optim import adam, backtracking_line_search, fit_regression, natural_gradient_step
 from policyopt.core.returns import rollout_gae
 
@@ -70,8 +70,7 @@ class TRPO(ActorCriticAgent):
 
     def build(self) -> None:
         cfg = self.config
-        self.policy = ActorCritic.from_config(self.obs_dim, self.action_space, cfg).to(self.device)
-        self.nets = torch.nn.ModuleDict({"policy": self.policy})
+        self.build_policy()
         self.optimizers = {"value": adam(self.policy.critic_parameters(), lr=cfg.learning_rate, fused=False)}
 
     def update(self, buf: RolloutBuffer) -> dict[str, float]:
